@@ -1,0 +1,11 @@
+"""Test-wide settings: results and caches go to a temporary folder, never into the
+checkout or the user's cache; progress bars off.  Set here (before any test or
+nbval kernel starts) so that notebooks executed by nbval inherit them."""
+import os
+import tempfile
+
+_scratch = tempfile.mkdtemp(prefix="purilib-tests-")
+os.environ["PURILIB_RESULTS_DIR"] = os.path.join(_scratch, "results")
+os.environ.setdefault("PURILIB_CACHE_DIR", os.path.join(_scratch, "cache"))
+os.environ["PURILIB_PROGRESS"] = "0"
+os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,32 @@
+"""Blend (Chen, Liu, Li, Lu & Song, "Targeted Backdoor Attacks on Deep Learning
+Systems Using Data Poisoning", 2017).
+
+Trigger: the whole image blended with a fixed pattern,
+    x' = (1 - alpha) x + alpha p,   alpha = 0.2.
+Chen et al. blend either a cartoon image or random noise; the seed papers'
+released scripts use a fixed noise image.  We generate that noise from a fixed
+seed (``pattern_seed``) so nothing is downloaded: uniform uint8 noise, 32x32x3.
+Defaults: alpha 0.2, 10% poison, target 0, all-to-one.
+"""
+import torch
+
+from .base import Attack, blend
+
+
+class Blend(Attack):
+    name = "Blend"
+
+    def __init__(self, alpha=0.2, pattern_seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), not {alpha}")
+        self.alpha, self.pattern_seed = alpha, pattern_seed
+        g = torch.Generator().manual_seed(pattern_seed)
+        self.pattern = torch.randint(0, 256, (3, 32, 32), generator=g).float()
+        self.mask = torch.ones(1, 32, 32)
+
+    def config(self):
+        return {**super().config(), "alpha": self.alpha, "pattern_seed": self.pattern_seed}
+
+    def apply_trigger(self, images):
+        return blend(images, self.pattern, self.mask, self.alpha)

@@ -1,0 +1,220 @@
+"""Data sets as uint8 tensors, decoded once and cached.
+
+Every image set in purilib is an :class:`ImageSet`: ``images`` uint8
+``[N, 3, 32, 32]`` and ``labels`` int64 ``[N]``.  Triggers are applied to these
+uint8 images before any augmentation, as in the attacks' papers.
+
+Registry: ``create_dataset(name, split, ...)`` with ``name`` in
+``DATASETS`` ("cifar10", "synthetic").  CIFAR-10 is read from the data root
+(see :mod:`purilib.settings`) in any of three forms, in this order:
+
+1. torchvision's pickled ``cifar-10-batches-py`` folder;
+2. an image-folder tree ``cifar10/{train,test}/<class>/*.jpg|png``, or a
+   ``.tar.gz`` holding that tree (decoded once, then cached as ``.npz``);
+3. ``download=True``: torchvision downloads the original (needs a network).
+"""
+import hashlib
+import io
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import settings
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # uint8 [N, 3, H, W]
+    labels: torch.Tensor  # int64 [N]
+    num_classes: int = 10
+
+    def __len__(self):
+        return len(self.labels)
+
+    def subset(self, indices):
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        return ImageSet(self.images[indices], self.labels[indices], self.num_classes)
+
+    def checksum(self) -> str:
+        digest = hashlib.sha256(self.images.numpy().tobytes())
+        digest.update(self.labels.numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+class DataNotFoundError(FileNotFoundError):
+    pass
+
+
+# ---------------------------------------------------------------- CIFAR-10
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR-10's batches are pickles; rebuild numpy arrays and nothing else."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data batch")
+        return super().find_class(module, name)
+
+
+def _from_batches(folder: Path):
+    def load(names):
+        images, labels = [], []
+        for name in names:
+            with open(folder / name, "rb") as f:
+                batch = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        return np.concatenate(images), np.concatenate(labels)
+    train = load([f"data_batch_{i}" for i in range(1, 6)])
+    test = load(["test_batch"])
+    return {"train": train, "test": test}
+
+
+def _decode(blob: bytes) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _from_image_files(entries):
+    """``entries``: iterable of (relative path 'cifar10/<split>/<class>/<file>', bytes)."""
+    out = {"train": ([], []), "test": ([], [])}
+    for path, read in entries:
+        parts = Path(path).parts
+        if len(parts) < 3 or parts[-3] not in out or parts[-2] not in CIFAR10_CLASSES:
+            continue
+        images, labels = out[parts[-3]]
+        images.append((parts[-1], _decode(read())))
+        labels.append(CIFAR10_CLASSES.index(parts[-2]))
+    result = {}
+    for split, (images, labels) in out.items():
+        if not images:
+            return None
+        order = sorted(range(len(images)), key=lambda i: (labels[i], images[i][0]))
+        result[split] = (np.stack([images[i][1] for i in order]),
+                         np.asarray([labels[i] for i in order], dtype=np.int64))
+    return result
+
+
+def _from_tree(root: Path):
+    files = sorted(p for p in root.glob("*/*/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    return _from_image_files((str(p.relative_to(root.parent)), p.read_bytes) for p in files)
+
+
+def _from_tarball(path: Path):
+    with tarfile.open(path, "r:gz") as tar:
+        members = [m for m in tar.getmembers() if m.isfile()
+                   and m.name.lower().endswith((".jpg", ".jpeg", ".png"))]
+        members.sort(key=lambda m: m.name)
+        return _from_image_files((m.name, tar.extractfile(m).read) for m in members)
+
+
+def _find_cifar10(root: Path, download: bool):
+    if (root / "cifar-10-batches-py").is_dir():
+        return "batches", root / "cifar-10-batches-py"
+    for tree in (root / "cifar10", root):
+        if (tree / "train").is_dir() and (tree / "test").is_dir():
+            return "tree", tree
+    tarballs = sorted(root.glob("*cifar*10*.tar.gz")) if root.is_dir() else []
+    if tarballs:
+        return "tarball", tarballs[0]
+    if download:
+        import torchvision
+        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+        return "batches", root / "cifar-10-batches-py"
+    raise DataNotFoundError(
+        f"CIFAR-10 not found under data root '{root}'. Set PURILIB_DATA_ROOT (or pass data_root=) "
+        "to a folder holding cifar-10-batches-py/, cifar10/{train,test}/<class>/*.jpg or a "
+        "cifar10*.tar.gz of that tree; or pass download=True where a network is available.")
+
+
+def load_cifar10(split: str, data_root=None, download=False, cache_dir=None) -> ImageSet:
+    root = settings.data_root(data_root)
+    kind, path = _find_cifar10(root, download)
+    stat = path.stat()
+    tag = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    cached = settings.cache_dir(cache_dir) / "data" / f"cifar10-{kind}-{tag}.npz"
+    if not cached.exists():
+        arrays = {"batches": _from_batches, "tree": _from_tree, "tarball": _from_tarball}[kind](path)
+        if arrays is None:
+            raise DataNotFoundError(f"'{path}' holds no cifar10/{{train,test}}/<class>/ images")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(".partial.npz")
+        np.savez(partial, **{f"{s}_{k}": arrays[s][i] for s in arrays for i, k in enumerate(("x", "y"))})
+        partial.rename(cached)  # atomic: an interrupted decode leaves no half file behind
+    with np.load(cached) as arrays:
+        return ImageSet(torch.from_numpy(arrays[f"{split}_x"]), torch.from_numpy(arrays[f"{split}_y"]))
+
+
+# ---------------------------------------------------------------- synthetic
+def load_synthetic(split: str, num_train=5000, num_test=1000, contrast=0.5, noise=0.3, seed=0, **_) -> ImageSet:
+    """Deterministic 10-class 32x32 images for the smoke profile and tests.
+
+    Each class is a fixed smooth colour template (4x4 upsampled); samples add a
+    random shift, a brightness change and smooth (8x8 upsampled) noise, so the
+    images are smooth like natural ones and a tiny network learns them in
+    seconds but not trivially.  No file is read.
+    """
+    g = torch.Generator().manual_seed(seed)
+    templates = 0.5 + contrast * (torch.rand(10, 3, 4, 4, generator=g) - 0.5)
+    templates = torch.nn.functional.interpolate(templates, size=(40, 40), mode="bilinear", align_corners=False)
+    n = num_train if split == "train" else num_test
+    g = torch.Generator().manual_seed(seed + (1 if split == "train" else 2))
+    labels = torch.arange(n) % 10
+    labels = labels[torch.randperm(n, generator=g)]
+    shifts = torch.randint(0, 9, (n, 2), generator=g)
+    images = torch.stack([templates[c, :, dy:dy + 32, dx:dx + 32] for c, (dy, dx) in zip(labels.tolist(), shifts.tolist())])
+    smooth_noise = torch.nn.functional.interpolate(torch.randn(n, 3, 8, 8, generator=g), size=(32, 32), mode="bilinear",
+                                                   align_corners=False)
+    images = 0.5 + (images - 0.5) * (0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=g)) + noise * smooth_noise
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return ImageSet(images, labels.long())
+
+
+DATASETS = {"cifar10": load_cifar10, "synthetic": load_synthetic}
+
+
+def create_dataset(name: str, split: str, **kwargs) -> ImageSet:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset '{name}'; choose one of {sorted(DATASETS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not '{split}'")
+    return DATASETS[name](split, **kwargs)
+
+
+# ---------------------------------------------------------------- splits
+def class_balanced_split(labels: torch.Tensor, per_class: int, seed: int):
+    """Pick ``per_class`` indices of every class (seeded); return (picked, rest)."""
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < per_class:
+            raise ValueError(f"class {c} has {len(idx)} images, fewer than the {per_class} asked for")
+        picked.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    picked = torch.cat(picked).sort().values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[picked] = False
+    return picked, mask.nonzero().flatten()
+
+
+def defense_split(train: ImageSet, reserve_fraction=0.05, seed=0):
+    """Split the training set once: (indices that train the backdoored model,
+    indices of the reserved clean pool the defenses draw from).  Disjoint, fixed by seed."""
+    per_class = int(round(len(train) * reserve_fraction / train.num_classes))
+    reserved, attack_train = class_balanced_split(train.labels, per_class, seed)
+    return attack_train, reserved
+
+
+def clean_subset(train: ImageSet, reserved: torch.Tensor, per_class: int, seed=0) -> ImageSet:
+    """The defense's clean data: ``per_class`` images of each class from the reserved pool
+    (``per_class=50`` is the papers' 1% of CIFAR-10; 1 is the one-shot setting)."""
+    picked, _ = class_balanced_split(train.labels[reserved], per_class, seed)
+    return train.subset(reserved[picked])

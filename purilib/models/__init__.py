@@ -1,0 +1,13 @@
+"""Model registry: ``create_model(name, num_classes=10, width=1.0)``."""
+from .preact_resnet import PreActResNet18
+from .resnet import ResNet18
+
+MODELS = {"preact_resnet18": PreActResNet18, "resnet18": ResNet18}
+
+
+def create_model(name: str, num_classes: int = 10, width: float = 1.0):
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}'; choose one of {sorted(MODELS)}")
+    if not width > 0:
+        raise ValueError(f"width must be positive, not {width}")
+    return MODELS[name](num_classes=num_classes, width=width)

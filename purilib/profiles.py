@@ -1,0 +1,59 @@
+"""Experiment profiles: the same code at three sizes, chosen by one parameter.
+
+- ``smoke``: synthetic 10-class data, a tiny network, a few hundred steps;
+  seconds.  For tests and nbval: it checks that everything runs, not numbers.
+- ``cpu``: real CIFAR-10, PreAct-ResNet-18 at 1/4 width, a short converging
+  schedule in bf16 autocast; minutes per cell on two CPU cores.
+- ``paper``: the papers' settings (full-width PreAct-ResNet-18 trained as in the
+  NFT authors' script: SGD 0.1, x0.1 at epochs 100 and 150 of 250); needs a GPU.
+
+A profile fixes how models are trained, how much clean data the defenses get
+(``clean_per_class``; the papers' 1% of CIFAR-10 is 50 per class) and any
+budget override of a defense (``defense_overrides``); the defenses' own
+hyperparameters stay in their modules.
+"""
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    training: dict
+    clean_per_class: int = 50
+    defense_overrides: dict = field(default_factory=dict)  # defense name -> overrides
+    bf16: bool = False
+    description: str = ""
+
+
+PROFILES = {
+    "smoke": Profile(
+        name="smoke",
+        training=dict(dataset="synthetic", dataset_kwargs=dict(num_train=2500, num_test=500),
+                      model="preact_resnet18", width=0.125, epochs=10, batch_size=32, lr=0.05,
+                      schedule="cosine", warmup_epochs=1, weight_decay=5e-4),
+        clean_per_class=10,
+        defense_overrides={"*": dict(steps=40, batch_size=32)},
+        description="synthetic data, tiny network: checks that everything runs (seconds)"),
+    "cpu": Profile(
+        name="cpu",
+        training=dict(dataset="cifar10", model="preact_resnet18", width=0.25, epochs=12, batch_size=128,
+                      lr=0.1, nesterov=True, schedule="cosine", warmup_epochs=1, weight_decay=5e-4, bf16=True),
+        clean_per_class=50, bf16=True,
+        description="real CIFAR-10, PreAct-ResNet-18 at 1/4 width, short schedule, bf16 on CPU (minutes)"),
+    "paper": Profile(
+        name="paper",
+        training=dict(dataset="cifar10", model="preact_resnet18", width=1.0, epochs=250, batch_size=128,
+                      lr=0.1, schedule="step", milestones=(100, 150), weight_decay=5e-4),
+        clean_per_class=50,
+        description="the papers' settings: full PreAct-ResNet-18, 250 epochs (GPU)"),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile '{name}'; choose one of {sorted(PROFILES)}")
+    return PROFILES[name]
+
+
+def defense_overrides(profile: Profile, defense: str) -> dict:
+    return {**profile.defense_overrides.get("*", {}), **profile.defense_overrides.get(defense, {})}

@@ -1,0 +1,43 @@
+"""What every result records about where it came from: code version, seeds."""
+import hashlib
+import json
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def code_version() -> str:
+    """The git commit of the purilib checkout (``-dirty`` if it has uncommitted changes)."""
+    checkout = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "purilib"],
+                               cwd=checkout, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    if not commit:
+        from . import __version__
+        return f"purilib-{__version__}"
+    return commit[:12] + ("-dirty" if dirty else "")
+
+
+def config_key(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device '{device}' asked for, but torch sees no CUDA device")
+    return device

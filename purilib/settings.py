@@ -1,0 +1,34 @@
+"""Where purilib reads data and writes caches and results.
+
+Every location is a setting, never a hard-coded path: an explicit argument wins,
+then an environment variable, then a default.
+
+- ``PURILIB_DATA_ROOT``: folder holding CIFAR-10 (torchvision's
+  ``cifar-10-batches-py``, an image-folder tree ``cifar10/{train,test}/<class>/``,
+  or a ``.tar.gz`` of that tree).  Default ``./data``.
+- ``PURILIB_CACHE_DIR``: decoded data sets and trained models.  Default
+  ``~/.cache/purilib``.  Weights live here, never in git.
+- ``PURILIB_RESULTS_DIR``: where tables write their records.  Default the
+  ``results/`` folder of the checkout purilib was installed from.
+"""
+import os
+from pathlib import Path
+
+
+def data_root(explicit=None) -> Path:
+    return Path(explicit or os.environ.get("PURILIB_DATA_ROOT") or "data").expanduser()
+
+
+def cache_dir(explicit=None) -> Path:
+    path = Path(explicit or os.environ.get("PURILIB_CACHE_DIR") or "~/.cache/purilib").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def results_dir(explicit=None) -> Path:
+    if explicit or os.environ.get("PURILIB_RESULTS_DIR"):
+        return Path(explicit or os.environ["PURILIB_RESULTS_DIR"]).expanduser()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "results").is_dir():
+        return checkout / "results"
+    return Path("results")

@@ -1,0 +1,150 @@
+"""Training (backdoored or benign) classifiers, cached by configuration.
+
+``train_backdoored_model(**config)`` trains a model on the training split minus
+the defenses' reserved clean pool, with the attack's poisoned images mixed in
+(triggers applied to uint8 images before augmentation, as the attacks specify).
+The result is cached under ``<cache>/models/<key>/``, ``key`` hashing the full
+configuration and the data checksum: ``model.safetensors`` plus
+``manifest.json`` (configuration, seed, code version, data checksum, ACC / ASR /
+RA, seconds).  A second call with the same configuration trains nothing.  An
+interrupted run resumes from its last finished epoch.
+
+Recipe: SGD with momentum and weight decay, batched random crop + flip,
+cross-entropy; the schedule is ``cosine`` (linear warm-up, cosine to zero) or
+``step`` (x0.1 at ``milestones``, the seed papers' 100/150 of 250 epochs).
+"""
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from .progress import progress
+
+from . import settings
+from .attacks import create_attack
+from .augment import random_crop_flip
+from .checkpoints import load_weights, save_weights
+from .data import create_dataset, defense_split
+from .metrics import evaluate
+from .models import create_model
+from .provenance import code_version, config_key, resolve_device, seed_everything
+
+TRAINING_FORMAT = 1  # bump when a change to this file alters what a given config trains
+
+DEFAULT_TRAINING = dict(
+    dataset="cifar10", model="preact_resnet18", width=1.0, attack="Benign", attack_kwargs={},
+    epochs=250, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
+    schedule="step", milestones=(100, 150), warmup_epochs=0, bf16=False, reserve_fraction=0.05,
+    dataset_kwargs={}, seed=0,
+)
+
+
+def learning_rate(config, step, steps_per_epoch):
+    epoch = step / steps_per_epoch
+    if config["schedule"] == "step":
+        return config["lr"] * 0.1 ** sum(epoch >= m for m in config["milestones"])
+    warmup = config["warmup_epochs"]
+    if epoch < warmup:
+        return config["lr"] * epoch / warmup
+    fraction = (epoch - warmup) / max(1e-8, config["epochs"] - warmup)
+    return config["lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction)))
+
+
+def load_training_data(config, data_root=None, cache_dir=None):
+    """(poisoned training set, clean test set, attack, poison indices, reserved pool indices)."""
+    data_kwargs = dict(config["dataset_kwargs"])
+    if config["dataset"] == "cifar10":
+        data_kwargs.update(data_root=data_root, cache_dir=cache_dir)
+    train = create_dataset(config["dataset"], "train", **data_kwargs)
+    test = create_dataset(config["dataset"], "test", **data_kwargs)
+    attack_idx, reserved = defense_split(train, config["reserve_fraction"], seed=0)
+    attack = create_attack(config["attack"], seed=config["seed"], **config["attack_kwargs"])
+    train_part = train.subset(attack_idx)
+    poison_idx = torch.empty(0, dtype=torch.long)
+    if attack is not None:
+        train_part, poison_idx = attack.poison_train_set(train_part)
+        poison_idx = attack_idx[poison_idx]  # as indices of the full training set
+    return train, train_part, test, attack, poison_idx, reserved
+
+
+def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"):
+    """The training loop.  ``checkpoint``: path of a resumable per-epoch state."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config["weight_decay"]},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=config["lr"], momentum=config["momentum"], nesterov=config["nesterov"])
+    start_epoch = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+    images, labels = train.images.to(device), train.labels.to(device)
+    steps_per_epoch = len(labels) // config["batch_size"]
+    model.to(device).train()
+    bar = progress(range(start_epoch, config["epochs"]), desc=desc, initial=start_epoch, total=config["epochs"])
+    for epoch in bar:
+        g = torch.Generator().manual_seed(config["seed"] * 100_003 + epoch)  # resumable: no hidden RNG state
+        order = torch.randperm(len(labels), generator=g).to(device)
+        total_loss = 0.0
+        for i in range(steps_per_epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, epoch * steps_per_epoch + i, steps_per_epoch)
+            batch = order[i * config["batch_size"]:(i + 1) * config["batch_size"]]
+            x, y = images[batch], labels[batch]
+            if attack is not None and attack.controls_training:
+                x, y = attack.training_batch(x, y, model)
+            x = random_crop_flip(x.float().div_(255), generator=g)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=config["bf16"]):
+                loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item()
+        bar.set_postfix(loss=f"{total_loss / max(1, steps_per_epoch):.3f}")
+        if checkpoint is not None:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1},
+                       checkpoint.with_name("partial.tmp"))
+            checkpoint.with_name("partial.tmp").replace(checkpoint)
+    return model
+
+
+def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrain=False, **overrides):
+    """Train (or load from cache) a model; return ``(model, manifest)``.
+
+    ``overrides`` are keys of ``DEFAULT_TRAINING``; an unknown key is an error.
+    """
+    unknown = set(overrides) - set(DEFAULT_TRAINING)
+    if unknown:
+        raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(DEFAULT_TRAINING)}")
+    config = {**DEFAULT_TRAINING, **overrides}
+    config["milestones"] = list(config["milestones"])
+    device = resolve_device(device)
+    train, train_part, test, attack, poison_idx, reserved = load_training_data(config, data_root, cache_dir)
+    key_config = {**config, "data_checksum": train.checksum() + test.checksum(), "format": TRAINING_FORMAT}
+    key = config_key(key_config)
+    folder = settings.cache_dir(cache_dir) / "models" / key
+    model = create_model(config["model"], num_classes=train.num_classes, width=config["width"])
+    model = model.to(memory_format=torch.channels_last)
+    if (folder / "manifest.json").exists() and not retrain:
+        model.load_state_dict(load_weights(folder / "model.safetensors"))
+        return model.to(device), json.loads((folder / "manifest.json").read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    seed_everything(config["seed"])
+    start = time.time()
+    fit(model, train_part, config, device, checkpoint=folder / "partial.pt", attack=attack,
+        desc=f"train {config['attack']} {config['model']}x{config['width']}")
+    seconds = time.time() - start
+    metrics = evaluate(model, test, attack, device=device, bf16=config["bf16"])
+    manifest = {"key": key, "config": key_config, "code_version": code_version(), "device": device,
+                "train_seconds": round(seconds, 1), "num_train": len(train_part),
+                "poison_indices": poison_idx.tolist(), "reserved_indices": reserved.tolist(),
+                **{k: round(v, 2) for k, v in metrics.items()}}
+    save_weights(model, folder / "model.safetensors")
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (folder / "partial.pt").unlink(missing_ok=True)
+    return model, manifest

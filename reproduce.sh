@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Regenerate a paper table by executing its notebook with papermill.
+#
+#   ./reproduce.sh TABLE [--profile smoke|cpu|paper] [--seeds N] [--device auto|cpu|cuda] [--data-root DIR]
+#   ./reproduce.sh --list
+#
+# TABLE is a table id (nft-table1) or a table number (table1: Table 1 of every
+# paper that has one).  Results, and the executed notebook that is their record,
+# go to results/<table>/<profile>/.  The first run creates .venv from the
+# project's files; set PURILIB_PYTHON to use an existing interpreter instead
+# (one that already has purilib and papermill installed).  PURILIB_RESULTS_DIR
+# moves the results folder; PURILIB_DATA_ROOT / --data-root says where CIFAR-10 is.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+
+table="" profile="smoke" seeds=1 device="auto" data_root="${PURILIB_DATA_ROOT:-}" list=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --list) list=1 ;;
+    --profile) profile="${2:?--profile needs a value}"; shift ;;
+    --seeds) seeds="${2:?--seeds needs a value}"; shift ;;
+    --device) device="${2:?--device needs a value}"; shift ;;
+    --data-root) data_root="${2:?--data-root needs a value}"; shift ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "error: unknown option '$1' (see ./reproduce.sh --help)" >&2; exit 2 ;;
+    *) [ -z "$table" ] || { echo "error: one table at a time ('$table' and '$1' given)" >&2; exit 2; }; table="$1" ;;
+  esac
+  shift
+done
+case "$seeds" in ''|*[!0-9]*|0) echo "error: --seeds needs a positive integer, not '$seeds'" >&2; exit 2 ;; esac
+
+# --- the environment: PURILIB_PYTHON, else .venv (created on first use)
+python="${PURILIB_PYTHON:-}"
+if [ -z "$python" ]; then
+  python=.venv/bin/python
+  if [ ! -x "$python" ] || ! "$python" -c "import purilib, papermill" 2>/dev/null; then
+    echo "Creating .venv (one time): python3 -m venv .venv && pip install -c constraints.txt -e '.[notebooks,test]'" >&2
+    python3 -m venv .venv
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -c constraints.txt -e '.[notebooks,test]'
+  fi
+fi
+
+if [ "$list" = 1 ]; then exec "$python" -m purilib.cli list; fi
+[ -n "$table" ] || { usage; exit 2; }
+
+plan=$("$python" -m purilib.cli check "$table" "$profile" ${data_root:+"$data_root"}) || exit 2
+while read -r table_id notebook; do
+  out="${PURILIB_RESULTS_DIR:-$PWD/results}/$table_id/$profile"
+  mkdir -p "$out"
+  echo "== $table_id, profile $profile, seeds $seeds -> $out/" >&2
+  start=$(date +%s)
+  params=(-p profile "$profile" -p seeds "$seeds" -p device "$device" -p output_dir "$out")
+  [ -n "$data_root" ] && params+=(-p data_root "$data_root")
+  PURILIB_PROGRESS="${PURILIB_PROGRESS:-1}" "$python" -m papermill "notebooks/$notebook" "$out/$notebook" \
+    "${params[@]}" --cwd notebooks --log-output --kernel python3
+  echo "== $table_id done in $(( $(date +%s) - start )) s: $out/table.md" >&2
+done <<< "$plan"

@@ -1,0 +1,62 @@
+import math
+
+import pytest
+import torch
+
+from purilib.data import create_dataset
+from purilib.defenses import create_defense, purify
+from purilib.defenses.nft import block_batchnorms
+from purilib.models import create_model
+
+
+@pytest.fixture(scope="module")
+def model_and_clean():
+    torch.manual_seed(0)
+    model = create_model("preact_resnet18", width=0.125)
+    clean = create_dataset("synthetic", "train", num_train=100)
+    # give BN weights spread so masking them is visible
+    for bn in block_batchnorms(model):
+        bn.weight.data.uniform_(0.5, 1.5)
+    return model, clean
+
+
+def test_nft_only_scales_block_bn_weights_and_respects_the_layer_bounds(model_and_clean):
+    model, clean = model_and_clean
+    purified = purify(model, clean, method="NFT", steps=15, batch_size=32, lr=0.5, device="cpu", progress=False)
+    before, after = model.state_dict(), purified.state_dict()
+    bn_weights = {name + ".weight" for name, m in model.named_modules() if m in block_batchnorms(model)}
+    assert len(bn_weights) == 16  # 2 per block, 8 blocks; stem/final BN left alone
+    moved = 0
+    for l, name in enumerate([n for n, _ in model.named_parameters() if n in bn_weights], start=1):
+        ratio = after[name] / before[name]
+        lower = 0.8 * math.exp(-0.5 * l)
+        assert (ratio >= lower - 1e-5).all() and (ratio <= 1 + 1e-5).all(), name
+        moved += int((ratio < 1 - 1e-6).sum())
+    assert moved > 0  # the masks did move
+    for name, value in before.items():
+        if name.endswith(("weight", "bias")) and name not in bn_weights:
+            assert torch.equal(value, after[name]), f"NFT changed frozen {name}"
+
+
+def test_ft_changes_weights_and_leaves_the_input_model_alone(model_and_clean):
+    model, clean = model_and_clean
+    snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+    purified = purify(model, clean, method="FT", steps=3, batch_size=16, device="cpu", progress=False)
+    assert any(not torch.equal(purified.state_dict()[k], v) for k, v in snapshot.items())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snapshot[k])
+
+
+def test_defense_records_its_cost(model_and_clean):
+    model, clean = model_and_clean
+    defense = create_defense("NFT", steps=2, batch_size=8, device="cpu", progress=False)
+    defense.purify(model, clean)
+    assert defense.stats["trainable_params"] == sum(bn.num_features for bn in block_batchnorms(model))
+    assert defense.stats["seconds"] > 0
+
+
+def test_bad_defense_requests_are_refused(model_and_clean):
+    with pytest.raises(ValueError, match="unknown defense"):
+        create_defense("MagicFix")
+    with pytest.raises(ValueError, match="unknown settings"):
+        create_defense("NFT", step=3)

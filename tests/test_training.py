@@ -1,0 +1,56 @@
+import json
+
+import pytest
+import torch
+
+import purilib.training as training
+from purilib.checkpoints import load_weights
+
+TINY = dict(dataset="synthetic", dataset_kwargs={"num_train": 400, "num_test": 100}, width=0.125,
+            epochs=2, batch_size=64, lr=0.05, schedule="cosine", warmup_epochs=0)
+
+
+def test_training_writes_a_manifest_and_a_second_call_trains_nothing(tmp_path, monkeypatch):
+    model, manifest = training.train_backdoored_model(attack="BadNets", cache_dir=tmp_path, device="cpu", **TINY)
+    folder = tmp_path / "models" / manifest["key"]
+    saved = json.loads((folder / "manifest.json").read_text())
+    for field in ("config", "code_version", "train_seconds", "acc", "asr", "ra", "poison_indices"):
+        assert field in saved
+    assert saved["config"]["seed"] == 0 and saved["config"]["data_checksum"]
+    assert not (folder / "partial.pt").exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again although the configuration is cached")
+    monkeypatch.setattr(training, "fit", no_training)
+    again, manifest_again = training.train_backdoored_model(attack="BadNets", cache_dir=tmp_path, device="cpu", **TINY)
+    assert manifest_again["key"] == manifest["key"]
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(AssertionError, match="trained again"):  # another seed is another model
+        training.train_backdoored_model(attack="BadNets", seed=1, cache_dir=tmp_path, device="cpu", **TINY)
+
+
+def test_an_interrupted_training_resumes_where_it_stopped(tmp_path, monkeypatch):
+    full, _ = training.train_backdoored_model(attack="Blend", cache_dir=tmp_path / "a", device="cpu", **TINY)
+    # interrupt a second run after its first epoch
+    real_progress = training.progress
+
+    def stop_after_one_epoch(iterable=None, **kwargs):
+        for i, item in enumerate(real_progress(iterable, **kwargs)):
+            if i == 1:
+                raise KeyboardInterrupt
+            yield item
+    monkeypatch.setattr(training, "progress", stop_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_backdoored_model(attack="Blend", cache_dir=tmp_path / "b", device="cpu", **TINY)
+    partial = list((tmp_path / "b" / "models").glob("*/partial.pt"))
+    assert len(partial) == 1 and torch.load(partial[0], weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(training, "progress", real_progress)
+    resumed, _ = training.train_backdoored_model(attack="Blend", cache_dir=tmp_path / "b", device="cpu", **TINY)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+def test_unknown_training_setting_is_refused():
+    with pytest.raises(ValueError, match="unknown training settings"):
+        training.train_backdoored_model(epoch=3, **TINY)
