@@ -154,7 +154,7 @@ def load_cifar10(split: str, data_root=None, download=False, cache_dir=None) -> 
 
 
 # ---------------------------------------------------------------- synthetic
-def load_synthetic(split: str, num_train=5000, num_test=1000, contrast=0.5, noise=0.3, seed=0, **_) -> ImageSet:
+def load_synthetic(split: str, num_train=5000, num_test=1000, contrast=0.5, noise=0.2, seed=0, **_) -> ImageSet:
     """Deterministic 10-class 32x32 images for the smoke profile and tests.
 
     Each class is a fixed smooth colour template (4x4 upsampled); samples add a

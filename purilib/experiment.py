@@ -145,8 +145,6 @@ def to_markdown(summary: pd.DataFrame, title: str, profile: str) -> str:
 
 def plot(summary: pd.DataFrame, title: str):
     """ASR against ACC per defense: filled = ours, hollow = paper."""
-    import matplotlib
-    matplotlib.use("Agg") if matplotlib.get_backend().lower() == "agg" else None
     import matplotlib.pyplot as plt
     import seaborn as sns
     attacked = summary[summary["asr"].notna()]
@@ -172,6 +170,8 @@ def write_outputs(records: pd.DataFrame, table_id: str, profile: str, output_dir
     (out / "table.md").write_text(to_markdown(summary, f"{table.paper}, {table.title}", profile))
     figure = plot(summary, f"{table.paper} {table.id} ({profile})")
     figure.savefig(out / "asr_vs_acc.png", dpi=120)
+    import matplotlib.pyplot as plt
+    plt.close(figure)  # shown where the notebook asks for it, not twice
     return summary, figure
 
 

@@ -30,7 +30,7 @@ from .metrics import evaluate
 from .models import create_model
 from .provenance import code_version, config_key, resolve_device, seed_everything
 
-TRAINING_FORMAT = 1  # bump when a change to this file alters what a given config trains
+TRAINING_FORMAT = 3  # bump when a change to this file alters what a given config trains
 
 DEFAULT_TRAINING = dict(
     dataset="cifar10", model="preact_resnet18", width=1.0, attack="Benign", attack_kwargs={},
@@ -70,12 +70,9 @@ def load_training_data(config, data_root=None, cache_dir=None):
 
 def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"):
     """The training loop.  ``checkpoint``: path of a resumable per-epoch state."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config["weight_decay"]},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=config["lr"], momentum=config["momentum"], nesterov=config["nesterov"])
+    # weight decay on every parameter, BN included, as in the seed papers' training scripts
+    optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
+                                nesterov=config["nesterov"], weight_decay=config["weight_decay"])
     start_epoch = 0
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -128,13 +125,13 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
     key_config = {**config, "data_checksum": train.checksum() + test.checksum(), "format": TRAINING_FORMAT}
     key = config_key(key_config)
     folder = settings.cache_dir(cache_dir) / "models" / key
+    seed_everything(config["seed"])  # before the model exists: its initial weights follow the seed
     model = create_model(config["model"], num_classes=train.num_classes, width=config["width"])
     model = model.to(memory_format=torch.channels_last)
     if (folder / "manifest.json").exists() and not retrain:
         model.load_state_dict(load_weights(folder / "model.safetensors"))
         return model.to(device), json.loads((folder / "manifest.json").read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    seed_everything(config["seed"])
     start = time.time()
     fit(model, train_part, config, device, checkpoint=folder / "partial.pt", attack=attack,
         desc=f"train {config['attack']} {config['model']}x{config['width']}")

@@ -33,14 +33,20 @@ def test_training_writes_a_manifest_and_a_second_call_trains_nothing(tmp_path, m
 def test_an_interrupted_training_resumes_where_it_stopped(tmp_path, monkeypatch):
     full, _ = training.train_backdoored_model(attack="Blend", cache_dir=tmp_path / "a", device="cpu", **TINY)
     # interrupt a second run after its first epoch
-    real_progress = training.progress
+    class StopAfterOneEpoch:
+        def __init__(self, iterable=None, **kwargs):
+            self.iterable = iterable
 
-    def stop_after_one_epoch(iterable=None, **kwargs):
-        for i, item in enumerate(real_progress(iterable, **kwargs)):
-            if i == 1:
-                raise KeyboardInterrupt
-            yield item
-    monkeypatch.setattr(training, "progress", stop_after_one_epoch)
+        def __iter__(self):
+            for i, item in enumerate(self.iterable):
+                if i == 1:
+                    raise KeyboardInterrupt
+                yield item
+
+        def set_postfix(self, **kwargs):
+            pass
+    real_progress = training.progress
+    monkeypatch.setattr(training, "progress", StopAfterOneEpoch)
     with pytest.raises(KeyboardInterrupt):
         training.train_backdoored_model(attack="Blend", cache_dir=tmp_path / "b", device="cpu", **TINY)
     partial = list((tmp_path / "b" / "models").glob("*/partial.pt"))
