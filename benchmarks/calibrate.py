@@ -1,0 +1,52 @@
+"""Calibrate a profile: train (or load) one backdoored model, run defenses on it, print ACC / ASR / RA.
+
+    python benchmarks/calibrate.py ATTACK DEFENSE[:key=value...][,DEFENSE...] [--profile cpu] [training_key=value ...]
+
+e.g. ``python benchmarks/calibrate.py BadNets NFT,FT width=0.125 epochs=30`` or
+``python benchmarks/calibrate.py BadNets NFT:steps=3000``.  Values are Python
+literals.  Used to choose the ``cpu`` profile; see the issue notes for results.
+"""
+import argparse
+import ast
+
+from purilib.data import clean_subset
+from purilib.defenses import create_defense
+from purilib.metrics import evaluate
+from purilib.profiles import get_profile
+from purilib.training import load_training_data, train_backdoored_model
+
+
+def literal(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("attack")
+    parser.add_argument("defenses")
+    parser.add_argument("overrides", nargs="*", help="training settings, key=value")
+    parser.add_argument("--profile", default="cpu")
+    args = parser.parse_args()
+    profile = get_profile(args.profile)
+    training = dict(profile.training)
+    for item in args.overrides:
+        key, value = item.split("=", 1)
+        training[key] = literal(value)
+    model, manifest = train_backdoored_model(attack=args.attack, **training)
+    train, _, test, attack, _, reserved = load_training_data(manifest["config"])
+    clean = clean_subset(train, reserved, profile.clean_per_class, seed=0)
+    print("before", {k: manifest[k] for k in ("acc", "asr", "ra") if k in manifest},
+          f"train {manifest['train_seconds']} s", flush=True)
+    for spec in args.defenses.split(","):
+        name, *settings = spec.split(":")
+        overrides = {k: literal(v) for k, v in (s.split("=", 1) for s in settings)}
+        defense = create_defense(name, bf16=profile.bf16, **overrides)
+        result = evaluate(defense.purify(model, clean), test, attack, bf16=profile.bf16)
+        print(spec, {k: round(v, 2) for k, v in result.items()}, f"{defense.stats['seconds']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+import math
+
+import pandas as pd
+import pytest
+
+from purilib.experiment import rounded_summary, run_table, summarize, to_markdown
+
+
+def record(attack, defense, seed, acc, asr):
+    return {"attack": attack, "defense": defense, "seed": seed, "acc": acc, "asr": asr, "ra": 100 - asr,
+            "der": 0.5, "seconds": 1.0}
+
+
+def test_summary_is_mean_and_std_over_seeds_beside_the_paper():
+    records = pd.DataFrame([record("BadNets", "NFT", 0, 90.0, 2.0), record("BadNets", "NFT", 1, 92.0, 4.0),
+                            record("Benign", "No defense", 0, 93.0, math.nan)])
+    summary = summarize(records, "nft-table1")
+    assert list(summary["attack"]) == ["Benign", "BadNets"]  # the table's row order
+    nft = summary[summary.defense == "NFT"].iloc[0]
+    assert nft.acc == 91.0 and nft.asr == 3.0 and nft.seeds == 2
+    assert nft.acc_std == pytest.approx(2 ** 0.5)
+    assert nft.delta_acc == pytest.approx(91.0 - nft.paper_acc)
+    text = to_markdown(summary, "t", "cpu")
+    assert "91.0 ± 1.4" in text and "| Benign | No defense | – |" in text
+    assert "ASR    3" in rounded_summary(summary)
+
+
+def test_run_table_refuses_names_outside_the_table(tmp_path):
+    with pytest.raises(ValueError, match="unknown attacks"):
+        run_table("nft-table1", attacks=["WaNet"], output_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown defenses"):
+        run_table("nft-table1", defenses=["MagicFix"], output_dir=tmp_path)
+    with pytest.raises(ValueError, match="seeds"):
+        run_table("nft-table1", seeds=0, output_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown table"):
+        run_table("fip-table9", output_dir=tmp_path)
