@@ -60,3 +60,8 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path, monkeypatch)
 def test_unknown_training_setting_is_refused():
     with pytest.raises(ValueError, match="unknown training settings"):
         training.train_backdoored_model(epoch=3, **TINY)
+
+
+def test_a_training_set_smaller_than_a_batch_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        training.train_backdoored_model(cache_dir=tmp_path, device="cpu", **{**TINY, "batch_size": 1000})

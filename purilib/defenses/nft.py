@@ -47,9 +47,23 @@ class _ChannelMask(nn.Module):
         return weight * self.mask
 
 
+def _has_batchnorm(module):
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
 def block_batchnorms(model):
-    """BatchNorm layers inside the blocks: every BN not attached to the root module."""
-    return [m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and "." in name]
+    """BatchNorm layers inside the blocks: every BN but those attached directly to the
+    network's root (its stem / final BN).  The root is found below wrappers such as
+    DataParallel's ``module`` or ``nn.Sequential(normalize, net)``: while a single
+    child holds all the BN layers, descend into it."""
+    root = model
+    while True:
+        holders = [c for c in root.children() if _has_batchnorm(c)]
+        if len(holders) != 1 or isinstance(holders[0], nn.modules.batchnorm._BatchNorm):
+            break
+        root = holders[0]
+    direct = {id(c) for c in root.children()}
+    return [m for m in root.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in direct]
 
 
 def clamp_masks(masks, alpha, beta):
