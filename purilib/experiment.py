@@ -18,7 +18,6 @@ import pandas as pd
 import torch
 
 from . import settings
-from .attacks import create_attack
 from .data import clean_subset
 from .defenses import NO_DEFENSE, create_defense
 from .metrics import defense_effectiveness_rating, evaluate

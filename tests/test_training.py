@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import purilib.training as training
-from purilib.checkpoints import load_weights
 
 TINY = dict(dataset="synthetic", dataset_kwargs={"num_train": 400, "num_test": 100}, width=0.125,
             epochs=2, batch_size=64, lr=0.05, schedule="cosine", warmup_epochs=0)
