@@ -152,10 +152,13 @@ def plot(summary: pd.DataFrame, title: str):
     attacked = summary[summary["asr"].notna()]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     palette = dict(zip(attacked["defense"].unique(), sns.color_palette("tab10")))
-    sns.scatterplot(data=attacked, x="acc", y="asr", hue="defense", style="attack", palette=palette, s=90, ax=ax)
+    markers = dict(zip(attacked["attack"].unique(), "oXsD^vP*<>"))
+    sns.scatterplot(data=attacked, x="acc", y="asr", hue="defense", style="attack", palette=palette,
+                    markers=markers, s=90, ax=ax)
     for r in attacked.itertuples():
         if not pd.isna(r.paper_asr):
-            ax.scatter(r.paper_acc, r.paper_asr, facecolors="none", edgecolors=palette[r.defense], s=90)
+            ax.scatter(r.paper_acc, r.paper_asr, marker=markers[r.attack], facecolors="none",
+                       edgecolors=palette[r.defense], s=90)
     ax.set(xlabel="clean accuracy ACC (%)", ylabel="attack success rate ASR (%)", ylim=(-5, 105),
            title=title + "\nfilled: this run, hollow: paper")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
