@@ -11,7 +11,7 @@
 # (one that already has purilib and papermill installed).  PURILIB_RESULTS_DIR
 # moves the results folder; PURILIB_DATA_ROOT / --data-root says where CIFAR-10 is.
 set -euo pipefail
-cd "$(dirname "$0")"
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }  # against the caller's directory
 
 usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -30,6 +30,13 @@ while [ $# -gt 0 ]; do
   shift
 done
 case "$seeds" in ''|*[!0-9]*|0) echo "error: --seeds needs a positive integer, not '$seeds'" >&2; exit 2 ;; esac
+# the notebook runs in notebooks/: hand it absolute paths
+[ -n "$data_root" ] && data_root=$(absolute "$data_root")
+for var in PURILIB_CACHE_DIR PURILIB_RESULTS_DIR; do
+  [ -n "${!var:-}" ] && export "$var=$(absolute "${!var}")"
+done
+cd "$(dirname "$0")"
+[ -n "$data_root" ] || data_root="$PWD/data"
 
 # --- the environment: PURILIB_PYTHON, else .venv (created on first use)
 python="${PURILIB_PYTHON:-}"
@@ -52,8 +59,7 @@ while read -r table_id notebook; do
   mkdir -p "$out"
   echo "== $table_id, profile $profile, seeds $seeds -> $out/" >&2
   start=$(date +%s)
-  params=(-p profile "$profile" -p seeds "$seeds" -p device "$device" -p output_dir "$out")
-  [ -n "$data_root" ] && params+=(-p data_root "$data_root")
+  params=(-r profile "$profile" -p seeds "$seeds" -r device "$device" -r output_dir "$out" -r data_root "$data_root")
   PURILIB_PROGRESS="${PURILIB_PROGRESS:-1}" "$python" -m papermill "notebooks/$notebook" "$out/$notebook" \
     "${params[@]}" --cwd notebooks --log-output --kernel python3
   echo "== $table_id done in $(( $(date +%s) - start )) s: $out/table.md" >&2

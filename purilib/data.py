@@ -130,7 +130,7 @@ def _find_cifar10(root: Path, download: bool):
         torchvision.datasets.CIFAR10(str(root), train=True, download=True)
         return "batches", root / "cifar-10-batches-py"
     raise DataNotFoundError(
-        f"CIFAR-10 not found under data root '{root}'. Set PURILIB_DATA_ROOT (or pass data_root=) "
+        f"CIFAR-10 not found under data root '{root}'. Set PURILIB_DATA_ROOT (or --data-root, or data_root=) "
         "to a folder holding cifar-10-batches-py/, cifar10/{train,test}/<class>/*.jpg or a "
         "cifar10*.tar.gz of that tree; or pass download=True where a network is available.")
 

@@ -18,7 +18,6 @@ import pandas as pd
 import torch
 
 from . import settings
-from .attacks import create_attack
 from .data import clean_subset
 from .defenses import NO_DEFENSE, create_defense
 from .metrics import defense_effectiveness_rating, evaluate
@@ -68,19 +67,22 @@ def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manif
               device, out, progress):
     path = out / "records" / f"{attack_name}__{defense_name.replace(' ', '_')}__seed{seed}.json"
     overrides = {} if defense_name == NO_DEFENSE else defense_overrides(prof, defense_name)
-    identity = {"model_key": manifest["key"], "clean_checksum": clean.checksum(), "overrides": overrides}
+    defense = None
+    if defense_name != NO_DEFENSE:
+        defense = create_defense(defense_name, device=device, bf16=prof.bf16, seed=seed, progress=progress,
+                                 **overrides)
+    # a finished record is reused only if model, clean data and the defense's full settings match
+    identity = {"model_key": manifest["key"], "clean_checksum": clean.checksum(),
+                "defense_config": defense.config if defense else {}}
     if path.exists():
         record = json.loads(path.read_text())
         if all(record.get(k) == v for k, v in identity.items()):
             return record  # finished in an earlier run
-    trainable, seconds, defense_config = 0, 0.0, {}
-    after = before
-    if defense_name != NO_DEFENSE:
-        defense = create_defense(defense_name, device=device, bf16=prof.bf16, seed=seed, progress=progress,
-                                 **overrides)
+    trainable, seconds, after = 0, 0.0, before
+    if defense is not None:
         purified = defense.purify(model, clean)
         after = evaluate(purified, test, attack, device=device, bf16=prof.bf16)
-        trainable, seconds, defense_config = defense.stats["trainable_params"], defense.stats["seconds"], defense.config
+        trainable, seconds = defense.stats["trainable_params"], defense.stats["seconds"]
     der = np.nan
     if attack is not None:
         der = defense_effectiveness_rating(before["asr"], after["asr"], before["acc"], after["acc"])
@@ -88,7 +90,7 @@ def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manif
         "table": table.id, "profile": prof.name, "attack": attack_name, "defense": defense_name, "seed": seed,
         "acc": after["acc"], "asr": after.get("asr", np.nan), "ra": after.get("ra", np.nan), "der": der,
         "acc_before": before["acc"], "asr_before": before.get("asr", np.nan), "seconds": round(seconds, 2),
-        "trainable_params": trainable, "defense_config": defense_config, **identity,
+        "trainable_params": trainable, "overrides": overrides, **identity,
         "clean_images": len(clean), "training_config": manifest["config"],
         "code_version": code_version(), "torch": torch.__version__, "device": device,
         "host": platform.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -150,10 +152,13 @@ def plot(summary: pd.DataFrame, title: str):
     attacked = summary[summary["asr"].notna()]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     palette = dict(zip(attacked["defense"].unique(), sns.color_palette("tab10")))
-    sns.scatterplot(data=attacked, x="acc", y="asr", hue="defense", style="attack", palette=palette, s=90, ax=ax)
+    markers = dict(zip(attacked["attack"].unique(), "oXsD^vP*<>"))
+    sns.scatterplot(data=attacked, x="acc", y="asr", hue="defense", style="attack", palette=palette,
+                    markers=markers, s=90, ax=ax)
     for r in attacked.itertuples():
         if not pd.isna(r.paper_asr):
-            ax.scatter(r.paper_acc, r.paper_asr, facecolors="none", edgecolors=palette[r.defense], s=90)
+            ax.scatter(r.paper_acc, r.paper_asr, marker=markers[r.attack], facecolors="none",
+                       edgecolors=palette[r.defense], s=90)
     ax.set(xlabel="clean accuracy ACC (%)", ylabel="attack success rate ASR (%)", ylim=(-5, 105),
            title=title + "\nfilled: this run, hollow: paper")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))

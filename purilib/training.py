@@ -30,7 +30,7 @@ from .metrics import evaluate
 from .models import create_model
 from .provenance import code_version, config_key, resolve_device, seed_everything
 
-TRAINING_FORMAT = 3  # bump when a change to this file alters what a given config trains
+TRAINING_FORMAT = 4  # bump when a change to this file alters what a given config trains
 
 DEFAULT_TRAINING = dict(
     dataset="cifar10", model="preact_resnet18", width=1.0, attack="Benign", attack_kwargs={},
@@ -81,6 +81,8 @@ def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"
         start_epoch = int(state["epoch"])
     images, labels = train.images.to(device), train.labels.to(device)
     steps_per_epoch = len(labels) // config["batch_size"]
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(labels)} training images are fewer than one batch of {config['batch_size']}")
     model.to(device).train()
     bar = progress(range(start_epoch, config["epochs"]), desc=desc, initial=start_epoch, total=config["epochs"])
     for epoch in bar:
@@ -122,7 +124,8 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
     config["milestones"] = list(config["milestones"])
     device = resolve_device(device)
     train, train_part, test, attack, poison_idx, reserved = load_training_data(config, data_root, cache_dir)
-    key_config = {**config, "data_checksum": train.checksum() + test.checksum(), "format": TRAINING_FORMAT}
+    key_config = {**config, "attack_config": attack.config() if attack is not None else None,
+                  "data_checksum": train.checksum() + test.checksum(), "format": TRAINING_FORMAT}
     key = config_key(key_config)
     folder = settings.cache_dir(cache_dir) / "models" / key
     seed_everything(config["seed"])  # before the model exists: its initial weights follow the seed

@@ -60,3 +60,21 @@ def test_bad_defense_requests_are_refused(model_and_clean):
         create_defense("MagicFix")
     with pytest.raises(ValueError, match="unknown settings"):
         create_defense("NFT", step=3)
+
+
+def test_nft_finds_the_block_bns_below_wrappers(model_and_clean):
+    model, _ = model_and_clean
+    wrapped = torch.nn.Sequential(torch.nn.Identity(), model)
+    assert block_batchnorms(wrapped) == block_batchnorms(model)
+    torchvision_style = create_model("resnet18", width=0.125)
+    names = {n for n, m in torchvision_style.named_modules() if m in block_batchnorms(torchvision_style)}
+    assert "bn1" not in names and "layer2.0.downsample.1" in names and len(names) == 19  # as in the NFT code
+
+
+def test_purify_leaves_the_global_rng_alone(model_and_clean):
+    model, clean = model_and_clean
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    purify(model, clean, method="FT", steps=1, batch_size=4, device="cpu", progress=False)
+    assert torch.equal(torch.rand(3), expected)

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import purilib.training as training
-from purilib.checkpoints import load_weights
 
 TINY = dict(dataset="synthetic", dataset_kwargs={"num_train": 400, "num_test": 100}, width=0.125,
             epochs=2, batch_size=64, lr=0.05, schedule="cosine", warmup_epochs=0)
@@ -60,3 +59,8 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path, monkeypatch)
 def test_unknown_training_setting_is_refused():
     with pytest.raises(ValueError, match="unknown training settings"):
         training.train_backdoored_model(epoch=3, **TINY)
+
+
+def test_a_training_set_smaller_than_a_batch_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        training.train_backdoored_model(cache_dir=tmp_path, device="cpu", **{**TINY, "batch_size": 1000})

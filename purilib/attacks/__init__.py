@@ -9,6 +9,7 @@ from .blend import Blend
 
 ATTACKS = {"BadNets": BadNets, "Blend": Blend}
 BENIGN = "Benign"
+__all__ = ["ATTACKS", "BENIGN", "Attack", "BadNets", "Blend", "create_attack"]
 
 
 def create_attack(name: str, **kwargs):

@@ -8,6 +8,7 @@ from .nft import NFT
 
 DEFENSES = {"FT": FineTuning, "NFT": NFT}
 NO_DEFENSE = "No defense"
+__all__ = ["DEFENSES", "NO_DEFENSE", "Defense", "FineTuning", "NFT", "create_defense", "purify"]
 
 
 def create_defense(name: str, **kwargs) -> Defense:

@@ -32,9 +32,10 @@ class Defense:
         if len(clean) == 0:
             raise ValueError(f"{self.name}: the clean set is empty")
         model = copy.deepcopy(model).to(self.device)
-        torch.manual_seed(self.seed)
         start = time.time()
-        model = self.run(model, clean)
+        with torch.random.fork_rng(devices=[]):  # seeded here, the caller's RNG left as it was
+            torch.manual_seed(self.seed)
+            model = self.run(model, clean)
         self.stats["seconds"] = time.time() - start
         return model.eval()
 

@@ -34,7 +34,8 @@ from ..progress import progress
 from .base import Defense, clean_batches, cosine_lr
 
 DEFAULTS = dict(steps=1000, batch_size=128, lr=0.05, final_lr=0.02, momentum=0.95,
-                mask_reg=0.001, clamp_alpha=0.8, clamp_beta=0.5, mixup_alpha=1.0)
+                mask_reg=0.001, clamp_alpha=0.8, clamp_beta=0.5, mixup_alpha=1.0,
+                bn_train_mode=True)  # False: BN keeps its running statistics (a diagnostic, not the paper)
 
 
 class _ChannelMask(nn.Module):
@@ -47,9 +48,23 @@ class _ChannelMask(nn.Module):
         return weight * self.mask
 
 
+def _has_batchnorm(module):
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
 def block_batchnorms(model):
-    """BatchNorm layers inside the blocks: every BN not attached to the root module."""
-    return [m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and "." in name]
+    """BatchNorm layers inside the blocks: every BN but those attached directly to the
+    network's root (its stem / final BN).  The root is found below wrappers such as
+    DataParallel's ``module`` or ``nn.Sequential(normalize, net)``: while a single
+    child holds all the BN layers, descend into it."""
+    root = model
+    while True:
+        holders = [c for c in root.children() if _has_batchnorm(c)]
+        if len(holders) != 1 or isinstance(holders[0], nn.modules.batchnorm._BatchNorm):
+            break
+        root = holders[0]
+    direct = {id(c) for c in root.children()}
+    return [m for m in root.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in direct]
 
 
 def clamp_masks(masks, alpha, beta):
@@ -77,7 +92,7 @@ class NFT(Defense):
         per_class = len(clean) / clean.num_classes
         beta = torch.distributions.Beta(c["mixup_alpha"], c["mixup_alpha"])
         g = torch.Generator().manual_seed(self.seed + 1)
-        model.train()
+        model.train(c["bn_train_mode"])
         batches = clean_batches(clean, c["batch_size"], c["steps"], self.device, self.seed)
         for step, (x, y) in enumerate(progress(batches, total=c["steps"], desc="NFT", enabled=self.progress)):
             optimizer.param_groups[0]["lr"] = cosine_lr(step, c["steps"], c["lr"], c["final_lr"])
