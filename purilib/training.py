@@ -19,7 +19,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from .progress import progress
 
 from . import settings
 from .attacks import create_attack
@@ -28,6 +27,7 @@ from .checkpoints import load_weights, save_weights
 from .data import create_dataset, defense_split
 from .metrics import evaluate
 from .models import create_model
+from .progress import progress
 from .provenance import code_version, config_key, resolve_device, seed_everything
 
 TRAINING_FORMAT = 4  # bump when a change to this file alters what a given config trains

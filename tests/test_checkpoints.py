@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from purilib.checkpoints import UnsafeCheckpointError, load_model, load_weights, save_weights
+from purilib.checkpoints import (
+    UnsafeCheckpointError,
+    load_model,
+    load_weights,
+    save_weights,
+)
 from purilib.models import create_model
 
 

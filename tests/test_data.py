@@ -7,8 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from purilib.data import (CIFAR10_CLASSES, DataNotFoundError, class_balanced_split, clean_subset,
-                          create_dataset, defense_split)
+from purilib.data import (
+    CIFAR10_CLASSES,
+    DataNotFoundError,
+    class_balanced_split,
+    clean_subset,
+    create_dataset,
+    defense_split,
+)
 
 
 def test_synthetic_is_deterministic_and_balanced():

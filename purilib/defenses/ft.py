@@ -8,8 +8,8 @@ Defaults: SGD lr 0.01, momentum 0.9, weight decay 5e-4, cosine to 0, batches of
 so the two differ only in what they train and how.
 """
 import torch
-from ..progress import progress
 
+from ..progress import progress
 from .base import Defense, clean_batches, cosine_lr, count_trainable, cross_entropy_step
 
 DEFAULTS = dict(steps=1000, batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4)
