@@ -21,10 +21,10 @@ from . import settings
 from .data import clean_subset
 from .defenses import NO_DEFENSE, create_defense
 from .metrics import defense_effectiveness_rating, evaluate
-from .profiles import defense_overrides, get_profile
+from .profiles import defense_overrides, get_profile, training_settings
 from .provenance import code_version, resolve_device
 from .tables import get_table, published
-from .training import load_training_data, train_backdoored_model
+from .training import load_training_data, restore_attack, train_backdoored_model
 
 
 def output_dir_for(table_id, profile, output_dir=None) -> Path:
@@ -53,8 +53,11 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     for seed in range(seeds):
         for attack_name in attacks:
             model, manifest = train_backdoored_model(attack=attack_name, seed=seed, device=device,
-                                                     data_root=data_root, cache_dir=cache_dir, **prof.training)
-            train, _, test, attack, _, reserved = load_training_data(manifest["config"], data_root, cache_dir)
+                                                     data_root=data_root, cache_dir=cache_dir,
+                                                     **training_settings(prof, attack_name))
+            train, _, test, attack, _, reserved = load_training_data(manifest["config"], data_root, cache_dir,
+                                                                     device)
+            restore_attack(attack, manifest, cache_dir)
             clean = clean_subset(train, reserved, prof.clean_per_class, seed=seed)
             before = evaluate(model, test, attack, device=device, bf16=prof.bf16)
             for defense_name in defenses:

@@ -9,8 +9,9 @@
 
 A profile fixes how models are trained, how much clean data the defenses get
 (``clean_per_class``; the papers' 1% of CIFAR-10 is 50 per class) and any
-budget override of a defense (``defense_overrides``); the defenses' own
-hyperparameters stay in their modules.
+budget override of a defense (``defense_overrides``) or of an attack's own
+networks (``attack_overrides``, keyed by the attack's class name; recorded in
+the model's manifest); the methods' own hyperparameters stay in their modules.
 """
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ class Profile:
     training: dict
     clean_per_class: int = 50
     defense_overrides: dict = field(default_factory=dict)  # defense name -> overrides
+    attack_overrides: dict = field(default_factory=dict)  # attack class name -> kwargs (budgets of its networks)
     bf16: bool = False
     description: str = ""
 
@@ -53,6 +55,14 @@ def get_profile(name: str) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile '{name}'; choose one of {sorted(PROFILES)}")
     return PROFILES[name]
+
+
+def training_settings(profile: Profile, attack: str) -> dict:
+    """The profile's training recipe for ``attack`` (a table name), its attack budgets included."""
+    from .attacks import attack_class
+    cls = attack_class(attack)
+    kwargs = profile.attack_overrides.get(cls.__name__, {}) if cls is not None else {}
+    return {**profile.training, "attack_kwargs": dict(kwargs)}
 
 
 def defense_overrides(profile: Profile, defense: str) -> dict:

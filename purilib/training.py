@@ -9,6 +9,12 @@ configuration and the data checksum: ``model.safetensors`` plus
 RA, seconds).  A second call with the same configuration trains nothing.  An
 interrupted run resumes from its last finished epoch.
 
+Attacks with networks of their own are handled here too: what an attack
+prepares before poisoning (an optimised trigger, an encoder) is cached under
+``<cache>/attacks/<key>/`` (keyed by the attack's configuration, the training
+recipe and the data), and what it learns while the model trains (a generator)
+is saved beside the model as ``attack.safetensors``.
+
 Recipe: SGD with momentum and weight decay, batched random crop + flip,
 cross-entropy; the schedule is ``cosine`` (linear warm-up, cosine to zero) or
 ``step`` (x0.1 at ``milestones``, the seed papers' 100/150 of 250 epochs).
@@ -22,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import settings
-from .attacks import create_attack
+from .attacks import AttackContext, create_attack
 from .augment import random_crop_flip
 from .checkpoints import load_weights, save_weights
 from .data import create_dataset, defense_split
@@ -52,16 +58,17 @@ def learning_rate(config, step, steps_per_epoch):
     return config["lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction)))
 
 
-def load_training_data(config, data_root=None, cache_dir=None):
+def load_training_data(config, data_root=None, cache_dir=None, device="cpu"):
     """(full training set, poisoned attack-training part, clean test set, attack, poison indices,
     reserved pool indices).  The last result is kept, so the table runner's second call for the
     model it just trained costs nothing."""
     settings_only = {k: config[k] for k in DEFAULT_TRAINING}
-    return _load_training_data(json.dumps(settings_only, sort_keys=True), data_root, cache_dir)
+    return _load_training_data(json.dumps(settings_only, sort_keys=True), data_root, cache_dir,
+                               resolve_device(device))
 
 
 @functools.lru_cache(maxsize=1)
-def _load_training_data(config_json, data_root, cache_dir):
+def _load_training_data(config_json, data_root, cache_dir, device):
     config = json.loads(config_json)
     data_kwargs = dict(config["dataset_kwargs"])
     if config["dataset"] == "cifar10":
@@ -73,9 +80,46 @@ def _load_training_data(config_json, data_root, cache_dir):
     train_part = train.subset(attack_idx)
     poison_idx = torch.empty(0, dtype=torch.long)
     if attack is not None:
+        attack.context = AttackContext(device=device, bf16=config["bf16"], clean_model=functools.partial(
+            _clean_model, config, data_root, cache_dir, device))
+        if attack.needs_preparation:
+            _prepare_attack(attack, config, train_part, cache_dir)
         train_part, poison_idx = attack.poison_train_set(train_part)
         poison_idx = attack_idx[poison_idx]  # as indices of the full training set
     return train, train_part, test, attack, poison_idx, reserved
+
+
+def _clean_model(config, data_root, cache_dir, device):
+    """The benign model trained with the same recipe: what TrojanNN or CLB optimise against."""
+    clean_config = {**config, "attack": "Benign", "attack_kwargs": {}}
+    return train_backdoored_model(device=device, data_root=data_root, cache_dir=cache_dir, **clean_config)[0]
+
+
+def _prepare_attack(attack, config, train_part, cache_dir):
+    """Run ``attack.prepare`` once per (attack, training recipe, data); cache what it learns."""
+    recipe = {k: v for k, v in config.items() if k not in ("attack", "attack_kwargs")}
+    key = config_key({"attack": attack.config(), "recipe": recipe, "data": train_part.checksum(),
+                      "format": TRAINING_FORMAT})
+    folder = settings.cache_dir(cache_dir) / "attacks" / key
+    if (folder / "state.safetensors").exists():
+        attack.load_state_dict(load_weights(folder / "state.safetensors"))
+        return
+    start = time.time()
+    with torch.random.fork_rng(devices=[]):
+        seed_everything(config["seed"])
+        attack.prepare(train_part, attack.context)
+    save_weights(attack.state_dict(), folder / "state.safetensors")
+    (folder / "manifest.json").write_text(json.dumps(
+        {"attack_config": attack.config(), "recipe": recipe, "seconds": round(time.time() - start, 1),
+         "code_version": code_version()}, indent=1))
+
+
+def restore_attack(attack, manifest, cache_dir=None):
+    """Load what ``attack`` learned while its model trained (no-op for data-poisoning attacks)."""
+    path = settings.cache_dir(cache_dir) / "models" / manifest["key"] / "attack.safetensors"
+    if attack is not None and path.exists():
+        attack.load_state_dict(load_weights(path))
+    return attack
 
 
 def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"):
@@ -89,6 +133,8 @@ def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
+        if attack is not None and state.get("attack"):
+            attack.load_state_dict(state["attack"])
     images, labels = train.images.to(device), train.labels.to(device)
     steps_per_epoch = len(labels) // config["batch_size"]
     if steps_per_epoch == 0:
@@ -105,7 +151,7 @@ def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"
             batch = order[i * config["batch_size"]:(i + 1) * config["batch_size"]]
             x, y = images[batch], labels[batch]
             if attack is not None and attack.controls_training:
-                x, y = attack.training_batch(x, y, model)
+                x, y = attack.training_batch(x, y, model, epoch=epoch, epochs=config["epochs"])
             x = random_crop_flip(x.float().div_(255), generator=g)
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=config["bf16"]):
@@ -116,8 +162,9 @@ def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"
             total_loss += loss.item()
         bar.set_postfix(loss=f"{total_loss / max(1, steps_per_epoch):.3f}")
         if checkpoint is not None:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1},
-                       checkpoint.with_name("partial.tmp"))
+            attack_state = attack.state_dict() if attack is not None and attack.controls_training else {}
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                        "attack": attack_state}, checkpoint.with_name("partial.tmp"))
             checkpoint.with_name("partial.tmp").replace(checkpoint)
     return model
 
@@ -133,7 +180,7 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
     config = {**DEFAULT_TRAINING, **overrides}
     config["milestones"] = list(config["milestones"])
     device = resolve_device(device)
-    train, train_part, test, attack, poison_idx, reserved = load_training_data(config, data_root, cache_dir)
+    train, train_part, test, attack, poison_idx, reserved = load_training_data(config, data_root, cache_dir, device)
     key_config = {**config, "attack_config": attack.config() if attack is not None else None,
                   "data_checksum": train.checksum() + test.checksum(), "format": TRAINING_FORMAT}
     key = config_key(key_config)
@@ -143,7 +190,9 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
     model = model.to(memory_format=torch.channels_last)
     if (folder / "manifest.json").exists() and not retrain:
         model.load_state_dict(load_weights(folder / "model.safetensors"))
-        return model.to(device), json.loads((folder / "manifest.json").read_text())
+        manifest = json.loads((folder / "manifest.json").read_text())
+        restore_attack(attack, manifest, cache_dir)
+        return model.to(device), manifest
     folder.mkdir(parents=True, exist_ok=True)
     start = time.time()
     fit(model, train_part, config, device, checkpoint=folder / "partial.pt", attack=attack,
@@ -155,6 +204,8 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
                 "poison_indices": poison_idx.tolist(), "reserved_indices": reserved.tolist(),
                 **{k: round(v, 2) for k, v in metrics.items()}}
     save_weights(model, folder / "model.safetensors")
+    if attack is not None and attack.state_dict():
+        save_weights(attack.state_dict(), folder / "attack.safetensors")
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
     (folder / "partial.pt").unlink(missing_ok=True)
     return model, manifest

@@ -1,23 +1,48 @@
 """Attack registry: ``create_attack(name, **kwargs)``.
 
 Names are the ones the papers' tables use.  ``Benign`` is no attack (the
-clean-model row).  Append ``-all`` / pass ``mode='all2all'`` for all-to-all.
+clean-model row).  Append ``-all`` / pass ``mode='all2all'`` for all-to-all;
+the NFT table's ``Troj-one`` / ``Dyn-all`` style names are aliases.
 """
 from .badnets import BadNets
-from .base import Attack
+from .base import Attack, AttackContext
 from .blend import Blend
 
 ATTACKS = {"BadNets": BadNets, "Blend": Blend}
+# table name -> (registered attack, label mapping)
+ALIASES = {"Troj-one": ("TrojanNN", "all2one"), "Troj-all": ("TrojanNN", "all2all"),
+           "Dyn-one": ("Dynamic", "all2one"), "Dyn-all": ("Dynamic", "all2all")}
 BENIGN = "Benign"
-__all__ = ["ATTACKS", "BENIGN", "Attack", "BadNets", "Blend", "create_attack"]
+__all__ = ["ALIASES", "ATTACKS", "BENIGN", "Attack", "AttackContext", "BadNets", "Blend", "attack_class",
+           "create_attack"]
+
+
+def _resolve(name: str):
+    """(registered name, mode or None) of a table name."""
+    if name in ALIASES:
+        return ALIASES[name]
+    if name.endswith("-all"):
+        return name[:-4], "all2all"
+    return name, None
+
+
+def attack_class(name: str):
+    """The registered class behind a table name (``None`` for Benign)."""
+    if name == BENIGN:
+        return None
+    base, _ = _resolve(name)
+    if base not in ATTACKS:
+        known = sorted(ATTACKS) + sorted(ALIASES) + [BENIGN]
+        raise ValueError(f"unknown attack '{name}'; choose one of {known} (or '<name>-all')")
+    return ATTACKS[base]
 
 
 def create_attack(name: str, **kwargs):
     """Return an :class:`Attack`, or ``None`` for ``'Benign'`` (no attack)."""
-    if name == BENIGN:
+    cls = attack_class(name)
+    if cls is None:
         return None
-    if name.endswith("-all"):
-        name, kwargs = name[:-4], {**kwargs, "mode": "all2all"}
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack '{name}'; choose one of {sorted(ATTACKS) + [BENIGN]}")
-    return ATTACKS[name](**kwargs)
+    _, mode = _resolve(name)
+    if mode is not None:
+        kwargs = {**kwargs, "mode": mode}
+    return cls(**kwargs)

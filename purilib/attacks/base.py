@@ -11,15 +11,38 @@ LIRA, ...) override ``training_batch`` to change each training batch instead.
 Evaluation uses ``triggered_test_set``: test images whose true class is not the
 target (all-to-one) or every test image (all-to-all), triggered, with their
 true and their backdoor labels.
+
+Attacks that need networks of their own (a trigger optimised on a clean model,
+an encoder, a generator) set ``needs_preparation`` and implement ``prepare``:
+it runs once on the clean attack-training images, before poisoning, and what
+it learns is returned by ``state_dict`` and cached (see ``training.py``), like a
+trained model.  Attacks that learn during training (generators trained with the
+classifier) keep their state the same way; it is saved beside the model.
 """
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
 from ..data import ImageSet
 
 
+@dataclass
+class AttackContext:
+    """What an attack may use while it prepares or controls training."""
+    device: str = "cpu"
+    bf16: bool = False
+    clean_model: Callable = None  # () -> a benign model trained with the same recipe (cached)
+    progress: bool = True
+
+    def autocast(self):
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
 class Attack:
     name = "attack"
-    controls_training = False
+    controls_training = False  # poisons each training batch itself (``training_batch``)
+    needs_preparation = False  # learns something before poisoning (``prepare``)
 
     def __init__(self, target=0, mode="all2one", poison_rate=0.1, seed=0, num_classes=10):
         if mode not in ("all2one", "all2all"):
@@ -30,6 +53,7 @@ class Attack:
             raise ValueError(f"target must be a class index in [0, {num_classes}), not {target}")
         self.target, self.mode, self.poison_rate, self.seed = target, mode, poison_rate, seed
         self.num_classes = num_classes
+        self.context = AttackContext()
 
     def config(self) -> dict:
         """Everything that defines the attack: part of the trained model's cache key."""
@@ -58,7 +82,10 @@ class Attack:
         return eligible[torch.randperm(len(eligible), generator=g)[:count]].sort().values
 
     def poison_train_set(self, train: ImageSet):
-        """Return (poisoned copy of ``train``, indices of the poisoned images)."""
+        """Return (poisoned copy of ``train``, indices of the poisoned images).
+        An attack that controls training poisons batches on the fly: the set stays clean."""
+        if self.controls_training:
+            return train, torch.empty(0, dtype=torch.long)
         index = self.poison_indices(train.labels)
         images, labels = train.images.clone(), train.labels.clone()
         images[index] = self.apply_trigger(images[index])
@@ -71,8 +98,22 @@ class Attack:
         true = test.labels[index]
         return self.apply_trigger(test.images[index]), true, self.target_labels(true)
 
-    def training_batch(self, images, labels, model=None):
-        """Hook for attacks that control training; data-poisoning attacks change nothing here."""
+    def prepare(self, train: ImageSet, context: AttackContext) -> None:
+        """Learn what the trigger needs (``needs_preparation``); ``train`` is clean."""
+
+    def state_dict(self) -> dict:
+        """Tensors the attack learned (prepared or trained); cached with the model."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{self.name} keeps no state, but a state was given")
+
+    def training_batch(self, images, labels, model=None, epoch=0, epochs=1):
+        """Hook for attacks that control training: return the batch to train on (images
+        uint8 or float in [0, 255], before crop + flip) and its labels.  It may update the
+        attack's own networks (``model``: the classifier being trained).  Data-poisoning
+        attacks change nothing here."""
         return images, labels
 
 

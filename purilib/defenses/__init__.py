@@ -2,13 +2,26 @@
 
 Names are the ones the papers' tables use.  ``No defense`` is the identity.
 """
+from .anp import ANP
+from .awm import AWM
 from .base import Defense
+from .fast_fip import FastFIP
+from .fip import FIP
+from .fp import FinePruning
 from .ft import FineTuning
+from .ft_sam import FTSAM
+from .ibau import IBAU
+from .nad import NAD
 from .nft import NFT
+from .ngf import NGF
+from .rnp import RNP
 
-DEFENSES = {"FT": FineTuning, "NFT": NFT}
+DEFENSES = {"NGF": NGF, "AWM": AWM, "ANP": ANP, "RNP": RNP, "FP": FinePruning, "FT": FineTuning, "NFT": NFT,
+            "I-BAU": IBAU, "FT-SAM": FTSAM, "NAD": NAD,
+            "FIP": FIP, "Fast FIP": FastFIP}
 NO_DEFENSE = "No defense"
-__all__ = ["DEFENSES", "NO_DEFENSE", "Defense", "FineTuning", "NFT", "create_defense", "purify"]
+__all__ = ["ANP", "AWM", "DEFENSES", "FIP", "FTSAM", "IBAU", "NAD", "NFT", "NGF", "NO_DEFENSE", "RNP", "Defense",
+           "FastFIP", "FinePruning", "FineTuning", "create_defense", "purify"]
 
 
 def create_defense(name: str, **kwargs) -> Defense:

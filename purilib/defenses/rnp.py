@@ -1,0 +1,119 @@
+"""RNP: reconstructive neuron pruning.
+Li, Lyu, Ma, Koren, Lyu, Li & Jiang, "Reconstructive Neuron Pruning for Backdoor Defense",
+ICML 2023 (code: github.com/bboylyg/RNP, main.py).
+
+Three stages on the clean set D:
+ 1. unlearn: gradient ASCENT of all weights on the clean loss,
+        max_theta  E_D CE(f_theta(aug(x)), y),
+    until the clean accuracy (over the last pass through D) falls to
+    clean_threshold or the unlearning budget ends.  Clean features go first;
+    the backdoor's neurons survive.
+ 2. recover: freeze the unlearned weights theta_u, give every BN channel a mask
+    m in [0, 1] (gamma -> m * gamma), and minimise
+        min_m  alpha * E_D CE(f_(theta_u, m)(aug(x)), y),
+    clipping m to [0, 1] after each step.  Masks that restore clean accuracy
+    go up; the backdoor neurons' masks stay low.
+ 3. prune the ORIGINAL network: zero the BN weight gamma_k of every neuron whose
+    mask is <= the threshold (as ANP's `pruning`, which RNP's code reuses).
+    No fine-tuning follows, so all other weights come back bit-identical.
+
+`steps` is split: at most unlearn_fraction * steps unlearning steps (fewer if
+the accuracy threshold is reached) and the remaining steps recovering.  The
+code's 500 clean images in batches of 128 make 4 steps an epoch: its 20
+unlearning + 20 recovering epochs are the default 160 = 80 + 80 steps.
+
+Defaults (the released code): unlearning SGD lr 0.01, momentum 0.9, weight
+decay 5e-4, lr x0.1 at epoch 10 of 20 (here: after half the unlearning steps;
+the code's 21st epoch at x0.01 is dropped),
+gradient norm clipped to 20, clean_threshold 0.2; recovering SGD lr 0.2,
+momentum 0.9 on the masks, loss scaled by alpha 0.2; every affine BatchNorm
+layer masked (the code builds the network with MaskBatchNorm2d as norm layer);
+network in train mode in both stages; batches of 128 drawn with replacement,
+crop + flip (the code's loader augments); prune by threshold 0.2 (the code
+sweeps thresholds 0..0.9 by 0.05 and the README's run reaches a low ASR at 0.2).
+Differences from the released code: it calls clip_grad_norm_ before backward,
+which clips nothing; here the clip is applied to the fresh gradients, as meant.
+Its unlearning stops on the running accuracy of an epoch drawn without
+replacement; here on the accuracy over the last ceil(|D| / batch) steps.
+"""
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..progress import progress
+from .anp import attach_neuron_masks, prune_neurons, select_neurons
+from .base import Defense, clean_batches, count_trainable
+
+DEFAULTS = dict(steps=160, batch_size=128, unlearn_fraction=0.5, unlearning_lr=0.01, momentum=0.9,
+                weight_decay=5e-4, lr_drop=0.1, grad_clip=20.0, clean_threshold=0.2,
+                recovering_lr=0.2, alpha=0.2, pruning_by="threshold", pruning_value=0.2)
+
+
+class RNP(Defense):
+    name = "RNP"
+    DEFAULTS = DEFAULTS
+
+    def unlearn(self, model, clean):
+        """Stage 1, in place: gradient ascent on the clean loss.  Returns the steps taken."""
+        c = self.config
+        budget = int(c["steps"] * c["unlearn_fraction"])
+        epoch = max(1, math.ceil(len(clean) / c["batch_size"]))  # steps per pass through the clean set
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=c["unlearning_lr"], momentum=c["momentum"],
+                                    weight_decay=c["weight_decay"])
+        model.train()
+        correct = seen = steps = 0
+        batches = clean_batches(clean, c["batch_size"], budget, self.device, self.seed)
+        for step, (x, y) in enumerate(progress(batches, total=budget, desc="RNP unlearn", enabled=self.progress)):
+            lr = c["unlearning_lr"] * (c["lr_drop"] if step >= budget // 2 else 1.0)
+            optimizer.param_groups[0]["lr"] = lr
+            with self.autocast():
+                out = model(x)
+                loss = F.cross_entropy(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            (-loss).backward()
+            if c["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(params, max_norm=c["grad_clip"])
+            optimizer.step()
+            correct, seen, steps = correct + (out.argmax(1) == y).sum().item(), seen + len(y), step + 1
+            if steps % epoch == 0:
+                accuracy, correct, seen = correct / seen, 0, 0
+                if accuracy <= c["clean_threshold"]:
+                    break
+        self.stats["unlearning_steps"] = steps
+        return steps
+
+    def recover(self, unlearned, clean):
+        """Stage 2: learn BN-channel masks of the (frozen) unlearned network; returns name -> mask."""
+        c = self.config
+        steps = c["steps"] - int(c["steps"] * c["unlearn_fraction"])
+        masks, _, _ = attach_neuron_masks(unlearned, noisy=False)
+        mask_params = list(masks.values())
+        optimizer = torch.optim.SGD(mask_params, lr=c["recovering_lr"], momentum=c["momentum"])
+        unlearned.train()
+        batches = clean_batches(clean, c["batch_size"], steps, self.device, self.seed + 1)
+        for x, y in progress(batches, total=steps, desc="RNP recover", enabled=self.progress):
+            with self.autocast():
+                loss = c["alpha"] * F.cross_entropy(unlearned(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                for m in mask_params:
+                    m.clamp_(0.0, 1.0)
+        return {name: m.detach().cpu().clone() for name, m in masks.items()}
+
+    def run(self, model, clean):
+        c = self.config
+        unlearned = copy.deepcopy(model)  # the original stays intact for stage 3
+        weights = count_trainable(p for p in unlearned.parameters() if p.requires_grad)
+        self.unlearn(unlearned, clean)
+        self.masks = self.recover(unlearned, clean)
+        neurons = select_neurons(self.masks, c["pruning_by"], c["pruning_value"])
+        prune_neurons(model, neurons)
+        total = sum(m.numel() for m in self.masks.values())
+        self.stats.update(trainable_params=weights + total, unlearned_weights=weights, mask_params=total,
+                          pruned_neurons=len(neurons), total_neurons=total)
+        return model
