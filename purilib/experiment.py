@@ -27,6 +27,9 @@ from .tables import get_table, published
 from .training import load_training_data, restore_attack, train_backdoored_model
 
 
+PAPER_CLEAN_PER_CLASS = 50  # the seed papers' 1% of CIFAR-10's training set
+
+
 def output_dir_for(table_id, profile, output_dir=None) -> Path:
     return Path(output_dir) if output_dir else settings.results_dir() / table_id / profile
 
@@ -38,8 +41,13 @@ def _check_names(requested, allowed, kind, table):
 
 
 def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, device="auto",
-              data_root=None, cache_dir=None, output_dir=None, progress=True) -> pd.DataFrame:
+              data_root=None, cache_dir=None, output_dir=None, progress=True, clean_per_class=None) -> pd.DataFrame:
+    """Run the grid; ``clean_per_class`` (default: the profile's, 50 = the papers' 1%) sets how many
+    clean images of each class every defense gets: 1 is the one-shot setting."""
     table, prof = get_table(table_id), get_profile(profile)
+    clean_per_class = prof.clean_per_class if clean_per_class is None else clean_per_class
+    if not (isinstance(clean_per_class, int) and clean_per_class >= 1):
+        raise ValueError(f"clean_per_class must be a positive integer, not {clean_per_class!r}")
     attacks = list(attacks or table.attacks)
     defenses = list(defenses or table.defenses)
     _check_names(attacks, table.attacks, "attacks", table)
@@ -58,7 +66,7 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
             train, _, test, attack, _, reserved = load_training_data(manifest["config"], data_root, cache_dir,
                                                                      device)
             restore_attack(attack, manifest, cache_dir)
-            clean = clean_subset(train, reserved, prof.clean_per_class, seed=seed)
+            clean = clean_subset(train, reserved, clean_per_class, seed=seed)
             before = evaluate(model, test, attack, device=device, bf16=prof.bf16)
             for defense_name in defenses:
                 records.append(_run_cell(table, prof, attack_name, attack, defense_name, seed, model, manifest,
@@ -68,7 +76,9 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
 
 def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manifest, clean, test, before,
               device, out, progress):
-    path = out / "records" / f"{attack_name}__{defense_name.replace(' ', '_')}__seed{seed}.json"
+    per_class = len(clean) // clean.num_classes
+    shots = "" if per_class == prof.clean_per_class else f"__{per_class}per_class"
+    path = out / "records" / f"{attack_name}__{defense_name.replace(' ', '_')}__seed{seed}{shots}.json"
     overrides = {} if defense_name == NO_DEFENSE else defense_overrides(prof, defense_name)
     defense = None
     if defense_name != NO_DEFENSE:
@@ -94,7 +104,7 @@ def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manif
         "acc": after["acc"], "asr": after.get("asr", np.nan), "ra": after.get("ra", np.nan), "der": der,
         "acc_before": before["acc"], "asr_before": before.get("asr", np.nan), "seconds": round(seconds, 2),
         "trainable_params": trainable, "overrides": overrides, **identity,
-        "clean_images": len(clean), "training_config": manifest["config"],
+        "clean_images": len(clean), "clean_per_class": per_class, "training_config": manifest["config"],
         "code_version": code_version(), "torch": torch.__version__, "device": device,
         "host": platform.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -113,19 +123,28 @@ def summarize(records: pd.DataFrame, table_id: str) -> pd.DataFrame:
     table = get_table(table_id)
     paper = published(table)
     rows = []
-    for (attack, defense), group in records.groupby(["attack", "defense"], sort=False):
-        row = {"attack": attack, "defense": defense, "seeds": len(group)}
+    records = records.copy()
+    if "clean_per_class" not in records:  # records written before the setting existed
+        records["clean_per_class"] = np.nan
+    records["clean_per_class"] = records["clean_per_class"].fillna(records["clean_images"] // 10).astype(int)
+    for (attack, defense, per_class), group in records.groupby(["attack", "defense", "clean_per_class"],
+                                                                sort=False):
+        row = {"attack": attack, "defense": defense, "clean_per_class": per_class, "seeds": len(group)}
         for metric in ("acc", "asr", "ra", "der", "seconds"):
             values = group[metric].astype(float)
             row[metric] = values.mean()
             row[f"{metric}_std"] = values.std(ddof=1) if len(group) > 1 else np.nan
-        reference = paper.get((attack, defense), {})
+        row["trainable_params"] = int(group["trainable_params"].iloc[0])
+        # the papers report 1% clean data (50 images per class); other amounts have no published cell
+        reference = paper.get((attack, defense), {}) if per_class == PAPER_CLEAN_PER_CLASS else {}
         row["paper_acc"], row["paper_asr"] = reference.get("acc", np.nan), reference.get("asr", np.nan)
         row["delta_acc"], row["delta_asr"] = row["acc"] - row["paper_acc"], row["asr"] - row["paper_asr"]
         rows.append(row)
     summary = pd.DataFrame(rows)
     order = {name: i for i, name in enumerate(table.attacks)}, {name: i for i, name in enumerate(table.defenses)}
-    summary = summary.sort_values(["attack", "defense"], key=lambda s: s.map(order[0] if s.name == "attack" else order[1]))
+    summary = summary.sort_values(["clean_per_class", "attack", "defense"], ascending=[False, True, True],
+                                  key=lambda s: s if s.name == "clean_per_class" else
+                                  s.map(order[0] if s.name == "attack" else order[1]))
     return summary.reset_index(drop=True)
 
 
@@ -138,46 +157,48 @@ def _cell(mean, std, digits=1):
 def to_markdown(summary: pd.DataFrame, title: str, profile: str) -> str:
     lines = [f"# {title}", "", f"Profile `{profile}`. Ours = this run (mean ± std over seeds); "
              "paper = published; Δ = ours − paper. Percent; DER in [0, 1].", "",
-             "| Attack | Defense | ASR ours | ASR paper | ΔASR | ACC ours | ACC paper | ΔACC | RA | DER | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| Attack | Defense | clean/class | ASR ours | ASR paper | ΔASR | ACC ours | ACC paper | ΔACC | RA | DER "
+             "| seconds | trained params |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
-        lines.append(f"| {r.attack} | {r.defense} | {_cell(r.asr, r.asr_std)} | {_cell(r.paper_asr, np.nan)} | "
+        lines.append(f"| {r.attack} | {r.defense} | {r.clean_per_class} | {_cell(r.asr, r.asr_std)} | "
+                     f"{_cell(r.paper_asr, np.nan)} | "
                      f"{_cell(r.delta_asr, np.nan)} | {_cell(r.acc, r.acc_std)} | {_cell(r.paper_acc, np.nan)} | "
                      f"{_cell(r.delta_acc, np.nan)} | {_cell(r.ra, r.ra_std)} | {_cell(r.der, r.der_std, 3)} | "
-                     f"{_cell(r.seconds, np.nan, 0)} |")
+                     f"{_cell(r.seconds, np.nan, 0)} | {r.trainable_params:,} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: pd.DataFrame, title: str):
-    """ASR against ACC per defense: filled = ours, hollow = paper."""
+    """Heat maps of ASR and ACC, attacks x defenses (this run); the paper's numbers are in table.md."""
     import matplotlib.pyplot as plt
     import seaborn as sns
-    attacked = summary[summary["asr"].notna()]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    palette = dict(zip(attacked["defense"].unique(), sns.color_palette("tab10")))
-    markers = dict(zip(attacked["attack"].unique(), "oXsD^vP*<>"))
-    sns.scatterplot(data=attacked, x="acc", y="asr", hue="defense", style="attack", palette=palette,
-                    markers=markers, s=90, ax=ax)
-    for r in attacked.itertuples():
-        if not pd.isna(r.paper_asr):
-            ax.scatter(r.paper_acc, r.paper_asr, marker=markers[r.attack], facecolors="none",
-                       edgecolors=palette[r.defense], s=90)
-    ax.set(xlabel="clean accuracy ACC (%)", ylabel="attack success rate ASR (%)", ylim=(-5, 105),
-           title=title + "\nfilled: this run, hollow: paper")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    frame = summary.copy()
+    several = frame["clean_per_class"].nunique() > 1
+    frame["row"] = [f"{a} ({k}/class)" if several else a for a, k in zip(frame["attack"], frame["clean_per_class"])]
+    rows, columns = list(dict.fromkeys(frame["row"])), list(dict.fromkeys(frame["defense"]))
+    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.3 * len(columns), 1.2 + 0.42 * len(rows)), squeeze=False)
+    for ax, metric, cmap in zip(axes[0], ("asr", "acc"), ("Reds", "Blues")):
+        grid = frame.pivot(index="row", columns="defense", values=metric).reindex(index=rows, columns=columns)
+        sns.heatmap(grid, annot=True, fmt=".0f", cmap=cmap, vmin=0, vmax=100, cbar=False, ax=ax,
+                    annot_kws={"fontsize": 8})
+        ax.set(title=f"{metric.upper()} (%)", xlabel="", ylabel="")
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def write_outputs(records: pd.DataFrame, table_id: str, profile: str, output_dir=None):
-    """Write table.csv, table.md and asr_vs_acc.png; return (summary, figure)."""
+    """Write table.csv, table.md and asr_acc.png; return (summary, figure)."""
     table = get_table(table_id)
     out = output_dir_for(table_id, profile, output_dir)
     summary = summarize(records, table_id)
     summary.round(3).to_csv(out / "table.csv", index=False)
     (out / "table.md").write_text(to_markdown(summary, f"{table.paper}, {table.title}", profile))
     figure = plot(summary, f"{table.paper} {table.id} ({profile})")
-    figure.savefig(out / "asr_vs_acc.png", dpi=120)
+    figure.savefig(out / "asr_acc.png", dpi=120)
     import matplotlib.pyplot as plt
     plt.close(figure)  # shown where the notebook asks for it, not twice
     return summary, figure
@@ -188,5 +209,15 @@ def rounded_summary(summary: pd.DataFrame) -> str:
     lines = []
     for r in summary.itertuples():
         asr = "-" if pd.isna(r.asr) else f"{r.asr:.0f}"
-        lines.append(f"{r.attack:<10} {r.defense:<11} ACC {r.acc:5.0f}  ASR {asr:>4}")
+        lines.append(f"{r.attack:<10} {r.defense:<11} {r.clean_per_class:>3}/class  ACC {r.acc:5.0f}  ASR {asr:>4}")
     return "\n".join(lines)
+
+
+def runtime_ratios(summary: pd.DataFrame, reference="NFT") -> pd.DataFrame:
+    """Wall seconds of each defense divided by ``reference``'s on the same model (rows: defenses,
+    columns: attacks), for the rows where the reference ran."""
+    timed = summary[summary["defense"] != NO_DEFENSE]
+    seconds = timed.pivot_table(index="defense", columns=["attack", "clean_per_class"], values="seconds")
+    if reference not in seconds.index:
+        raise ValueError(f"no '{reference}' rows to compare wall times with")
+    return seconds.div(seconds.loc[reference], axis=1)

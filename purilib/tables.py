@@ -17,18 +17,32 @@ class Table:
     notebook: str
     attacks: tuple
     defenses: tuple
-    reference_file: str
+    reference_files: tuple
     profiles: tuple = ("smoke", "cpu", "paper")
 
+
+# the 14 attacks of NFT's Table 1 (and FIP's Tables), in the paper's row order
+ATTACK_ROWS = ("BadNets", "Blend", "Troj-one", "Troj-all", "SIG", "Dyn-one", "Dyn-all", "CLB", "CBA", "FBA",
+               "WaNet", "ISSBA", "LIRA", "BPPA")
+SEED_DEFENSES = ("NFT", "FIP", "Fast FIP", "NGF", "AWM")
+BASELINES = ("FT", "FP", "NAD", "ANP", "I-BAU", "FT-SAM", "RNP")
 
 TABLES = {
     "nft-table1": Table(
         id="nft-table1", paper="NFT (ECCV 2024)",
         title="Table 1: ASR / ACC after purification, CIFAR-10, PreAct-ResNet-18, 1% clean data",
         notebook="nft_table1.ipynb",
-        attacks=("Benign", "BadNets", "Blend"),
-        defenses=("No defense", "FT", "NFT"),
-        reference_file="nft_table1.csv"),
+        attacks=("Benign",) + ATTACK_ROWS,
+        defenses=("No defense", "FT", "ANP", "I-BAU", "AWM", "FT-SAM", "RNP", "NFT"),
+        reference_files=("nft_table1.csv",)),
+    "defenses": Table(
+        id="defenses", paper="purilib",
+        title="Every defense against the same backdoored models: ACC / ASR / RA / DER, seconds, trainable "
+              "parameters (CIFAR-10, PreAct-ResNet-18)",
+        notebook="defenses.ipynb",
+        attacks=ATTACK_ROWS,
+        defenses=("No defense",) + SEED_DEFENSES + BASELINES,
+        reference_files=("nft_table1.csv", "fip_table6.csv")),
 }
 
 # the published tables call "No defense" 'none'
@@ -52,12 +66,15 @@ def resolve_tables(name: str):
 
 
 def published(table: Table, dataset="CIFAR-10") -> dict:
-    """{(attack, defense): {'asr': .., 'acc': ..}} as printed in the paper."""
-    text = resources.files("purilib.references").joinpath(table.reference_file).read_text()
+    """{(attack, defense): {'asr': .., 'acc': .., 'source': ..}} as printed in the papers (the first
+    reference file that has a cell wins)."""
     out = {}
-    for row in csv.DictReader(text.splitlines()):
-        if row.get("dataset", dataset) != dataset:
-            continue
-        defense = _REFERENCE_NAMES.get(row["defense"], row["defense"])
-        out[(row["attack"], defense)] = {k: float(row[k]) for k in ("asr", "acc") if row.get(k)}
+    for name in table.reference_files:
+        text = resources.files("purilib.references").joinpath(name).read_text()
+        for row in csv.DictReader(text.splitlines()):
+            if row.get("dataset", dataset) != dataset:
+                continue
+            defense = _REFERENCE_NAMES.get(row["defense"], row["defense"])
+            cell = {k: float(row[k]) for k in ("asr", "acc") if row.get(k)}
+            out.setdefault((row["attack"], defense), {**cell, "source": f"{row['paper']} {row['table']}"})
     return out

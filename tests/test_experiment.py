@@ -8,7 +8,7 @@ from purilib.experiment import rounded_summary, run_table, summarize, to_markdow
 
 def record(attack, defense, seed, acc, asr):
     return {"attack": attack, "defense": defense, "seed": seed, "acc": acc, "asr": asr, "ra": 100 - asr,
-            "der": 0.5, "seconds": 1.0}
+            "der": 0.5, "seconds": 1.0, "trainable_params": 10, "clean_images": 500}
 
 
 def test_summary_is_mean_and_std_over_seeds_beside_the_paper():
@@ -21,13 +21,24 @@ def test_summary_is_mean_and_std_over_seeds_beside_the_paper():
     assert nft.acc_std == pytest.approx(2 ** 0.5)
     assert nft.delta_acc == pytest.approx(91.0 - nft.paper_acc)
     text = to_markdown(summary, "t", "cpu")
-    assert "91.0 ± 1.4" in text and "| Benign | No defense | – |" in text
+    assert "91.0 ± 1.4" in text and "| Benign | No defense | 50 | – |" in text
     assert "ASR    3" in rounded_summary(summary)
+
+
+def test_one_shot_rows_are_kept_apart_and_have_no_paper_cell():
+    one_shot = {**record("BadNets", "NFT", 0, 80.0, 5.0), "clean_images": 10, "clean_per_class": 1}
+    records = pd.DataFrame([record("BadNets", "NFT", 0, 90.0, 2.0), one_shot])
+    summary = summarize(records, "nft-table1")
+    assert list(summary["clean_per_class"]) == [50, 1]
+    assert summary.iloc[0].paper_asr == summary.iloc[0].paper_asr  # not NaN: the paper's 1% cell
+    assert math.isnan(summary.iloc[1].paper_asr) and summary.iloc[1].acc == 80.0
+    with pytest.raises(ValueError, match="clean_per_class"):
+        run_table("nft-table1", clean_per_class=0)
 
 
 def test_run_table_refuses_names_outside_the_table(tmp_path):
     with pytest.raises(ValueError, match="unknown attacks"):
-        run_table("nft-table1", attacks=["WaNet"], output_dir=tmp_path)
+        run_table("nft-table1", attacks=["Mystery"], output_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown defenses"):
         run_table("nft-table1", defenses=["MagicFix"], output_dir=tmp_path)
     with pytest.raises(ValueError, match="seeds"):

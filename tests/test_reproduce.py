@@ -23,7 +23,7 @@ def test_smoke_table_end_to_end(tmp_path):
     assert set(table["defense"]) == {"No defense", "FT", "NFT"}
     published = table[table.defense.isin(["No defense", "NFT"])]  # the paper's Table 1 has no FT column
     assert published["paper_acc"].notna().all() and table[table.defense == "FT"]["paper_acc"].isna().all()
-    assert (out / "nft_table1.ipynb").exists() and (out / "asr_vs_acc.png").exists()
+    assert (out / "nft_table1.ipynb").exists() and (out / "asr_acc.png").exists()
     assert len(list((out / "records").glob("*.json"))) == 9
     assert "ASR paper" in (out / "table.md").read_text()
     # smoke numbers check the plumbing, not the papers: the Blend backdoor is learned

@@ -29,8 +29,10 @@ them is our choice.  The network runs in eval mode throughout (as in the release
 so BN running statistics stay as they were.  One-shot: the released code adds 9
 augmented copies (RandomResizedCrop + flip) of each of the 10 images; here every batch
 is drawn with replacement and freshly augmented (crop + flip), which covers it.
-Differences from the released code: none in the algorithm; its optional "shrink" phase
-(off by default) is not implemented.
+Differences from the released code: with 500 images it does not augment at all; here
+every batch is augmented (crop + flip), as for every purilib defense.  Its README's
+one-shot run also lowers the batch to 32 and, for BadNets, raises alpha to 0.99; the
+defaults here stay 128 and 0.9.  Its optional "shrink" phase (off by default) is left out.
 """
 import math
 

@@ -10,8 +10,9 @@ BatchNorm normalises with, and never updates, its running statistics.  Objective
     min_W  E_(x,y)~D_clean CE(f_W(aug(x)), y)  +  eta / 2 * sum_j F_j (W_j - W0_j)^2,
     F_j = mean over the clean set of (d log p(y|x) / d W_j)^2 at the suspect weights W0,
 
-the paper's clean-distribution-aware regulariser: an EWC-style pull towards W0 weighted
-by the diagonal Fisher of the clean data (computed once, un-augmented, true labels).
+the paper's clean-distribution-aware regulariser in the form the authors' released
+CDA_Regularizer implements: an EWC-style pull towards W0 weighted by the diagonal Fisher
+of the clean data (computed once, un-augmented images, true labels).
 It is minimised by K-FAC natural gradient.  With A = E[a a^T] (the layer's inputs, a 1
 appended for the bias; for a conv the unfolded patches, averaged over positions) and
 G = E[g g^T] (gradients of log p(y~|x) w.r.t. the layer's outputs, y~ sampled from the
@@ -25,15 +26,17 @@ scaled by nu = min(1, sqrt(kl_clip / (lr^2 <V, D>))) (KL clipping) and applied b
 with momentum; the learning rate follows a cosine to 0.
 
 Defaults: 500 steps of 128 augmented images (crop + flip) drawn with replacement; the
-K-FAC settings of the common PyTorch implementation (alecwangcq/KFAC-Pytorch, main.py):
-lr 0.01, momentum 0.9, stat decay 0.95, damping 1e-3, KL clip 1e-2, statistics every 10
-steps, eigendecompositions every 100; eta 5, the default weight of the authors' released
-regulariser class (CDA_Regularizer in their FIP repository, src/Regularizer.py).
+K-FAC settings of the common PyTorch implementation (alecwangcq/KFAC-Pytorch, main.py),
+lr 0.01 included: momentum 0.9, stat decay 0.95, damping 1e-3 (added to the product of
+the factors' eigenvalues, as there), KL clip 1e-2, statistics every 10 steps,
+eigendecompositions every 100; eta 5, the default weight of the authors' released
+regulariser class (CDA_Regularizer, src/Regularizer.py of their FIP repository).  No
+NGF-specific optimiser code is published; its lr is taken from the K-FAC script.
 Differences from the authors' released code: it trains ALL layers with plain SGD and
 lets BN running statistics move; here only the chosen layer moves, by natural gradient,
 BN frozen.  Its Fisher is the square of the gradient of the batch-MEAN log-likelihood,
-indexed as output[:, target] (an N x N block), which is ~0 at a trained model; here it
-is the mean of per-sample squared gradients, the diagonal Fisher the paper describes.
+indexed as output[:, target] (an N x N block), which is small wherever the model has
+converged; here it is the mean of per-sample squared gradients (EWC's diagonal Fisher).
 K-FAC weight decay (3e-3 in the reference script) is not used: the regulariser is the
 pull.  No EKFAC variant.
 """
