@@ -35,6 +35,13 @@ TABLES = {
         attacks=("Benign",) + ATTACK_ROWS,
         defenses=("No defense", "FT", "ANP", "I-BAU", "AWM", "FT-SAM", "RNP", "NFT"),
         reference_files=("nft_table1.csv",)),
+    "attacks": Table(
+        id="attacks", paper="NFT (ECCV 2024)",
+        title="The attack suite: ACC / ASR / RA of each backdoored model against the benign model",
+        notebook="attacks.ipynb",
+        attacks=("Benign",) + ATTACK_ROWS,
+        defenses=("No defense",),
+        reference_files=("nft_table1.csv",)),
     "defenses": Table(
         id="defenses", paper="purilib",
         title="Every defense against the same backdoored models: ACC / ASR / RA / DER, seconds, trainable "
@@ -59,7 +66,7 @@ def resolve_tables(name: str):
     """'nft-table1' -> [that table]; 'table1' -> Table 1 of every paper."""
     if name in TABLES:
         return [TABLES[name]]
-    matches = [t for t in TABLES.values() if t.id.split("-", 1)[1] == name]
+    matches = [t for t in TABLES.values() if "-" in t.id and t.id.split("-", 1)[1] == name]
     if not matches:
         raise ValueError(f"unknown table '{name}'; choose one of {sorted(TABLES)} or a suffix like 'table1'")
     return matches

@@ -54,7 +54,7 @@ class SIG(Attack):
     def poison_indices(self, labels):
         """``poison_rate`` x len(labels) images of the target class, chosen by ``seed``."""
         candidates = (labels == self.target).nonzero().flatten()
-        count = min(len(candidates), int(round(self.poison_rate * len(labels))))
+        count = min(len(candidates), round(self.poison_rate * len(labels)))
         g = torch.Generator().manual_seed(self.seed)
         # relabelling them with the target (the default ``poison_train_set``) changes no label
         return candidates[torch.randperm(len(candidates), generator=g)[:count]].sort().values

@@ -1,44 +1,49 @@
 """NGF: natural-gradient fine-tuning of a single layer.
 Karim, Al Arafat, Khalid, Guo, Rahnavard, "Efficient Backdoor Removal Through Natural
-Gradient Fine-tuning", arXiv 2306.17441 (2023).
+Gradient Fine-tuning", arXiv 2306.17441 (2023); earlier "In Search of Smooth Minima for
+Purifying Backdoor in Deep Neural Networks", ICLR 2023 submission (OpenReview xWFguIF_hG).
 
-Only one layer W is trained: the classifier by default (the model's last nn.Linear),
-or any nn.Linear / nn.Conv2d named by ``layer``, e.g. "layer4.1.conv2".  Every other
-parameter AND buffer stays bit-identical: the whole network runs in eval mode, so
-BatchNorm normalises with, and never updates, its running statistics.  Objective:
+What the paper states (abstract, both versions; its body text was not retrievable here): the
+backdoor sits in a sharp minimum; fine-tune ONE layer with a loss-surface-geometry-aware
+(natural-gradient) optimiser on a few clean images, plus a clean-data-distribution-aware
+regulariser built from the Fisher information.  Everything else is from the authors' anonymous
+review-time code (github kr-anonymous/ngf-animus, May-Aug 2022: natural_gradient_optimizer.py,
+Purification_NGF.py and its latest variant Purification_NGF_randomly_initalized.py).
+
+The layer is the classifier (the model's last nn.Linear; the released optimiser preconditions
+only the modules after index 66 of their ResNet-18, "use 66 for linear layer"), or any
+nn.Linear / nn.Conv2d named by ``layer``.  Its weight is first RE-INITIALISED (Xavier uniform,
+bias kept), as the latest released script does (``reinit``; with a frozen feature extractor,
+clean data carries no gradient along the trigger's feature directions, so fine-tuning the
+suspect classifier in place leaves the backdoor where it is).  Every other parameter AND buffer
+stays bit-identical: the network runs in eval mode, BatchNorm statistics frozen.  Objective:
 
     min_W  E_(x,y)~D_clean CE(f_W(aug(x)), y)  +  eta / 2 * sum_j F_j (W_j - W0_j)^2,
     F_j = mean over the clean set of (d log p(y|x) / d W_j)^2 at the suspect weights W0,
 
-the paper's clean-distribution-aware regulariser in the form the authors' released
-CDA_Regularizer implements: an EWC-style pull towards W0 weighted by the diagonal Fisher
-of the clean data (computed once, un-augmented images, true labels).
-It is minimised by K-FAC natural gradient.  With A = E[a a^T] (the layer's inputs, a 1
-appended for the bias; for a conv the unfolded patches, averaged over positions) and
-G = E[g g^T] (gradients of log p(y~|x) w.r.t. the layer's outputs, y~ sampled from the
-model's own prediction: the true Fisher; for a conv summed over positions), each a
-running average (decay 0.95, started from the identity), the gradient D (out x in
-matrix, bias as the last column) becomes, in the factors' eigenbases,
+the clean-distribution-aware regulariser in the EWC form of the same authors' CDA_Regularizer
+(src/Regularizer.py of their FIP repository); F and W0 are taken before the re-initialisation.
+The optimiser is the released one, K-FAC with EKFAC's eigenvalue correction: A = E[a a^T]
+(layer inputs, 1 appended for the bias) and G = E[g g^T] (output gradients of log p(y~|x), y~
+sampled from the model: the true Fisher) are running averages (decay 0.95, from the identity),
+refreshed every 10 steps and eigendecomposed every 100; the eigenvalues S = d_G d_A^T are then
+corrected every 10 steps towards E[(Q_G^T grad_n Q_A)^2] (per-sample gradients, same decay), and
 
-    V = Q_G [ (Q_G^T D Q_A) / (d_G d_A^T + damping) ] Q_A^T  =  (G (x) A + damping I)^-1 vec(D),
+    V = Q_G [ (Q_G^T D Q_A) / (S + damping) ] Q_A^T,   nu = min(1, sqrt(kl_clip / (lr^2 <V, D>))),
 
-scaled by nu = min(1, sqrt(kl_clip / (lr^2 <V, D>))) (KL clipping) and applied by SGD
-with momentum; the learning rate follows a cosine to 0.
-
-Defaults: 500 steps of 128 augmented images (crop + flip) drawn with replacement; the
-K-FAC settings of the common PyTorch implementation (alecwangcq/KFAC-Pytorch, main.py),
-lr 0.01 included: momentum 0.9, stat decay 0.95, damping 1e-3 (added to the product of
-the factors' eigenvalues, as there), KL clip 1e-2, statistics every 10 steps,
-eigendecompositions every 100; eta 5, the default weight of the authors' released
-regulariser class (CDA_Regularizer, src/Regularizer.py of their FIP repository).  No
-NGF-specific optimiser code is published; its lr is taken from the K-FAC script.
-Differences from the authors' released code: it trains ALL layers with plain SGD and
-lets BN running statistics move; here only the chosen layer moves, by natural gradient,
-BN frozen.  Its Fisher is the square of the gradient of the batch-MEAN log-likelihood,
-indexed as output[:, target] (an N x N block), which is small wherever the model has
-converged; here it is the mean of per-sample squared gradients (EWC's diagonal Fisher).
-K-FAC weight decay (3e-3 in the reference script) is not used: the regulariser is the
-pull.  No EKFAC variant.
+nu V (+ weight decay 1e-4 * W from step 200 on, as released) is applied by SGD with momentum
+0.9 at a constant lr 0.01 (the latest script has its step schedule switched off).
+Defaults, all from the released scripts: 500 steps of 128 augmented images (crop + flip) drawn
+with replacement from the clean set (their 1% of CIFAR-10), lr 0.01, momentum 0.9, stat decay
+0.95, damping 1e-3, KL clip 1e-2, statistics every 10 steps, eigendecompositions every 100,
+weight decay 1e-4; eta 5 is CDA_Regularizer's default weight (the NGF code has no regulariser).
+Differences from the released code: it also SGD-updates every other layer (the optimiser is
+built on model.parameters()) and runs BN in train mode; here only the chosen layer moves, BN
+frozen.  Its EKFAC correction projects with Q_G grad Q_A^T (inherited from the alecwangcq
+K-FAC code); here with Q_G^T grad Q_A, the eigenbasis the update uses.  Its first script
+(no re-initialisation) used MultiStepLR, stepped before each 100-step chunk: 1e-3 for 200 steps,
+then 1e-4.  The regulariser's Fisher is per-sample squared gradients (EWC), not the square of
+the batch-mean gradient that CDA_Regularizer computes.
 """
 import math
 
@@ -47,10 +52,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..progress import progress
-from .base import Defense, clean_batches, cosine_lr
+from .base import Defense, clean_batches
 
-DEFAULTS = {"steps": 500, "batch_size": 128, "layer": "classifier", "lr": 0.01, "momentum": 0.9, "stat_decay": 0.95,
-            "damping": 1e-3, "kl_clip": 1e-2, "cov_every": 10, "inverse_every": 100, "fisher_reg": 5.0}
+DEFAULTS = {"steps": 500, "batch_size": 128, "layer": "classifier", "reinit": True, "lr": 0.01, "momentum": 0.9,
+            "stat_decay": 0.95, "damping": 1e-3, "kl_clip": 1e-2, "weight_decay": 1e-4, "cov_every": 10,
+            "scale_every": 10, "inverse_every": 100, "fisher_reg": 5.0}
 
 
 def find_layer(model, layer="classifier"):
@@ -109,10 +115,25 @@ def eig(matrix, eps=1e-10):
     return d * (d > eps), q  # tiny / negative round-off eigenvalues count as 0, as in the reference code
 
 
+def eigenbasis_direction(grad, q_a, q_g, scale, damping):
+    """Q_G [(Q_G^T grad Q_A) / (scale + damping)] Q_A^T: the preconditioned gradient."""
+    return q_g @ ((q_g.T @ grad @ q_a) / (scale + damping)) @ q_a.T
+
+
 def kfac_direction(grad, a_eig, g_eig, damping):
     """(G (x) A + damping I)^-1 vec(grad), computed in the eigenbases of A and G."""
     (d_a, q_a), (d_g, q_g) = a_eig, g_eig
-    return q_g @ ((q_g.T @ grad @ q_a) / (d_g[:, None] * d_a[None, :] + damping)) @ q_a.T
+    return eigenbasis_direction(grad, q_a, q_g, d_g[:, None] * d_a[None, :], damping)
+
+
+def eigenbasis_second_moment(a, g, q_a, q_g, chunk=8):
+    """EKFAC's corrected eigenvalues: mean over samples of (Q_G^T grad_n Q_A)^2, where the
+    per-sample gradient grad_n is the sum over positions of g a^T (a: [N, P, in], g: [N, P, out])."""
+    total = 0.0
+    for i in range(0, len(a), chunk):
+        per_sample = torch.einsum("npo,npk->nok", g[i:i + chunk], a[i:i + chunk])
+        total = total + (q_g.T @ per_sample @ q_a).pow(2).sum(0)
+    return total / len(a)
 
 
 def fisher_diagonal(model, layer, captured, clean, batch_size, device, chunk=8):
@@ -148,42 +169,51 @@ class NGF(Defense):
 
         captured = {}
         hook = layer.register_forward_hook(lambda m, inputs, output: captured.update({"in": inputs[0], "out": output}))
-        w0 = weight_matrix(layer).detach().clone()
+        w0 = weight_matrix(layer).detach().clone()  # the regulariser's anchor and Fisher: the suspect weights
         fisher = fisher_diagonal(model, layer, captured, clean, c["batch_size"], self.device)
+        if c["reinit"]:
+            with torch.no_grad():
+                nn.init.xavier_uniform_(layer.weight)
         optimizer = torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"])
         g_sample = torch.Generator().manual_seed(self.seed + 1)
         decay, cov_a, cov_g, nus = c["stat_decay"], None, None, []
         batches = clean_batches(clean, c["batch_size"], c["steps"], self.device, self.seed)
         for step, (x, y) in enumerate(progress(batches, total=c["steps"], desc="NGF", enabled=self.progress)):
-            lr = cosine_lr(step, c["steps"], c["lr"])
             with self.autocast():
                 logits = model(x).float()
             loss = F.cross_entropy(logits, y) + c["fisher_reg"] / 2 * (fisher * (weight_matrix(layer) - w0) ** 2).sum()
 
-            if step % c["cov_every"] == 0:  # K-FAC statistics, with labels sampled from the model (true Fisher)
+            refresh_cov, refresh_scale = step % c["cov_every"] == 0, step > 0 and step % c["scale_every"] == 0
+            if refresh_cov or refresh_scale:  # output gradients for labels sampled from the model (true Fisher)
                 probs = logits.detach().softmax(1).cpu()
                 sampled = torch.multinomial(probs, 1, generator=g_sample).squeeze(1).to(y.device)
                 (g,) = torch.autograd.grad(F.cross_entropy(logits, sampled, reduction="sum"), captured["out"],
                                            retain_graph=True)
                 a, g = input_rows(layer, captured["in"].detach().float()), output_rows(layer, g.float())
+            if refresh_cov:
                 new_a = torch.einsum("npk,npl->kl", a, a) / (a.shape[0] * a.shape[1])
                 new_g = torch.einsum("npo,npq->oq", g, g) / g.shape[0]
                 if cov_a is None:  # running averages start from the identity, as in the reference code
                     cov_a, cov_g = torch.eye(len(new_a), device=a.device), torch.eye(len(new_g), device=a.device)
                 cov_a = decay * cov_a + (1 - decay) * new_a
                 cov_g = decay * cov_g + (1 - decay) * new_g
-            if step % c["inverse_every"] == 0:
-                a_eig, g_eig = eig(cov_a), eig(cov_g)
+            if step % c["inverse_every"] == 0:  # new eigenbases; their eigenvalues restart from K-FAC's
+                (d_a, q_a), (d_g, q_g) = eig(cov_a), eig(cov_g)
+                scale = d_g[:, None] * d_a[None, :]
+            if refresh_scale:  # EKFAC: eigenvalues re-estimated from per-sample gradients in the eigenbasis
+                scale = decay * scale + (1 - decay) * eigenbasis_second_moment(a, g, q_a, q_g)
 
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
             grad = weight_matrix(layer, use_grad=True)
-            v = kfac_direction(grad, a_eig, g_eig, c["damping"])
-            vg = lr ** 2 * (v * grad).sum().item()
+            v = eigenbasis_direction(grad, q_a, q_g, scale, c["damping"])
+            vg = c["lr"] ** 2 * (v * grad).sum().item()
             nu = min(1.0, math.sqrt(c["kl_clip"] / vg)) if vg > 0 else 1.0
-            set_grad_from_matrix(layer, nu * v)
+            update = nu * v
+            if step >= 20 * c["cov_every"]:  # the released optimiser starts its weight decay after 20 statistics updates
+                update = update + c["weight_decay"] * weight_matrix(layer).detach()
+            set_grad_from_matrix(layer, update)
             nus.append(nu)
-            optimizer.param_groups[0]["lr"] = lr
             optimizer.step()
 
         hook.remove()

@@ -1,0 +1,89 @@
+"""The attack suite's own table and gallery.
+
+``run_attack_table`` trains (or loads from cache) one backdoored model per
+attack with a profile's recipe and reports its ACC / ASR / RA beside the benign
+model's ACC and the paper's no-defense numbers; ``gallery`` shows, per attack, a
+clean test image, its triggered version and the amplified difference.
+"""
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .profiles import get_profile, training_settings
+from .provenance import resolve_device
+from .tables import get_table, published
+from .training import load_training_data, restore_attack, train_backdoored_model
+
+
+def backdoored(attack_name, profile, seed=0, device="cpu", data_root=None, cache_dir=None):
+    """(model, manifest, attack, test set) for one attack of a profile, trained or cached."""
+    model, manifest = train_backdoored_model(attack=attack_name, seed=seed, device=device, data_root=data_root,
+                                             cache_dir=cache_dir, **training_settings(profile, attack_name))
+    _, _, test, attack, _, _ = load_training_data(manifest["config"], data_root, cache_dir, device)
+    return model, manifest, restore_attack(attack, manifest, cache_dir), test
+
+
+def run_attack_table(profile="smoke", attacks=None, seed=0, device="auto", data_root=None, cache_dir=None):
+    """One row per attack: the backdoored model's ACC / ASR / RA, its ACC drop against the benign
+    model (same recipe), training seconds, and the paper's no-defense numbers."""
+    table, prof = get_table("attacks"), get_profile(profile)
+    attacks = list(attacks or table.attacks)
+    device = resolve_device(device)
+    paper = published(table)
+    rows, benign_acc = [], None
+    for name in ["Benign"] + [a for a in attacks if a != "Benign"]:
+        _, manifest, _, _ = backdoored(name, prof, seed, device, data_root, cache_dir)
+        if name == "Benign":
+            benign_acc = manifest["acc"]
+            if "Benign" not in attacks:
+                continue
+        reference = paper.get((name, "No defense"), {})
+        rows.append({"attack": name, "acc": manifest["acc"], "asr": manifest.get("asr", np.nan),
+                     "ra": manifest.get("ra", np.nan), "acc_drop_vs_benign": round(benign_acc - manifest["acc"], 2),
+                     "paper_acc": reference.get("acc", np.nan), "paper_asr": reference.get("asr", np.nan),
+                     "train_seconds": manifest["train_seconds"], "profile": prof.name, "seed": seed,
+                     "attack_config": json.dumps(manifest["config"]["attack_config"], sort_keys=True),
+                     "model_key": manifest["key"], "code_version": manifest["code_version"]})
+    return pd.DataFrame(rows)
+
+
+def to_markdown(frame: pd.DataFrame, profile: str) -> str:
+    lines = [f"# The attack suite (profile `{profile}`)", "",
+             "Backdoored model per attack (10% poison unless the attack says otherwise, target 0); ACC drop is "
+             "against the benign model trained with the same recipe. Paper: NFT Table 1, no defense. Percent.", "",
+             "| Attack | ACC | ASR | RA | ACC drop vs benign | ACC paper | ASR paper | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in frame.itertuples():
+        cells = [f"{v:.1f}" if not pd.isna(v) else "–" for v in (r.acc, r.asr, r.ra, r.acc_drop_vs_benign,
+                                                                 r.paper_acc, r.paper_asr, r.train_seconds)]
+        lines.append(f"| {r.attack} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def gallery(attacks, profile="smoke", seed=0, device="auto", data_root=None, cache_dir=None, image_index=0,
+            amplify=5.0):
+    """Figure: per attack (a column), a clean test image, its triggered version and |difference| x amplify."""
+    import matplotlib.pyplot as plt
+    prof, device = get_profile(profile), resolve_device(device)
+    names = [a for a in attacks if a != "Benign"]
+    fig, axes = plt.subplots(3, len(names), figsize=(1.6 * len(names), 5.2), squeeze=False)
+    for column, name in enumerate(names):
+        _, _, attack, test = backdoored(name, prof, seed, device, data_root, cache_dir)
+        images, _, _ = attack.triggered_test_set(test.subset(torch.arange(min(len(test), 200))))
+        clean_index = attack.eligible(test.labels[:200])[image_index]
+        clean = test.images[clean_index]
+        triggered = images[image_index]
+        difference = ((triggered.float() - clean.float()).abs() * amplify).clamp(0, 255).to(torch.uint8)
+        for row, (picture, label) in enumerate(((clean, "clean"), (triggered, "triggered"),
+                                                (difference, f"|diff| x{amplify:g}"))):
+            ax = axes[row, column]
+            ax.imshow(picture.permute(1, 2, 0).numpy())
+            ax.set_xticks([]), ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+            if column == 0:
+                ax.set_ylabel(label, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,184 @@
+"""ISSBA (Li, Li, Wu, Li, He & Lyu, "Invisible Backdoor Attack with
+Sample-Specific Triggers", ICCV 2021).
+
+The trigger is an invisible, image-dependent residual: a StegaStamp-style
+encoder E hides a fixed secret bit string s in each image, x' = x + E(x, s),
+and poisoned images are relabelled to the target (all-to-all: y -> y + 1).
+E is trained here, with a decoder D that reads the bits back, on the clean
+attack-training images (nothing is downloaded):
+    min_{E, D}  lambda(t) [ ||x' - x||^2 + beta (1 - SSIM(x', x)) ] + BCE(D(q(x')), b),
+    x' = clip(x + E(x, b), 0, 1),  b ~ Bernoulli(1/2)^L random per image,
+q rounding to 8 bits (straight-through), lambda(t) ramped linearly from 0 to
+``image_weight`` over the first half of the steps (StegaStamp / BackdoorBench
+switch the image loss on late for the same reason: bits first, then
+invisibility).  Training on random secrets, as StegaStamp does, is what makes
+the residual depend on the image; with the one fixed secret D could output s
+whatever its input.  Poisoning then uses the fixed s, L = ``bits`` = 100, drawn
+from the attack seed.  SSIM stands in for StegaStamp's LPIPS term (LPIPS needs
+pretrained weights we do not download); the critic is dropped.
+E: a small U-Net (3 scales, ``width`` channels at full resolution, the secret
+through a linear layer to a 16x16x3 map, upsampled, as StegaStamp); D: a strided
+CNN with a linear head.  Adam, lr ``lr``, batch 64, ``encoder_steps`` steps.
+After training, ``info`` / ``state_dict`` hold the decoder's bit accuracy on
+poisoned images (fixed s, 8-bit) and the mean |x' - x| in 0..255 units.
+
+Defaults: 100 bits, L2 weight 10 and batch 64 (BackdoorBench's StegaStamp
+settings), 10% poison, target 0.  BackdoorBench trains a full StegaStamp for 20
+epochs (~15k steps); ``encoder_steps`` defaults to 15000 for the paper profile,
+and the cpu profile shrinks it (a couple of minutes).
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Attack
+
+
+def conv(cin, cout, stride=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ReLU(inplace=True))
+
+
+class Encoder(nn.Module):
+    """Small U-Net: (image in [0, 1], bits) -> residual in [0, 1] units."""
+
+    def __init__(self, bits=100, width=32):
+        super().__init__()
+        c = width
+        self.secret = nn.Linear(bits, 3 * 16 * 16)
+        self.down0 = nn.Sequential(conv(6, c), conv(c, c))             # 32x32
+        self.down1 = nn.Sequential(conv(c, 2 * c, 2), conv(2 * c, 2 * c))  # 16x16
+        self.down2 = nn.Sequential(conv(2 * c, 4 * c, 2), conv(4 * c, 4 * c))  # 8x8
+        self.up1, self.merge1 = conv(4 * c, 2 * c), conv(4 * c, 2 * c)
+        self.up0, self.merge0 = conv(2 * c, c), conv(2 * c + 6, c)
+        self.residual = nn.Conv2d(c, 3, 1)
+
+    def forward(self, images, bits):
+        secret = F.relu(self.secret(2 * bits - 1)).view(-1, 3, 16, 16)
+        inputs = torch.cat([images - 0.5, F.interpolate(secret, scale_factor=2)], 1)
+        d0 = self.down0(inputs)
+        d1 = self.down1(d0)
+        d2 = self.down2(d1)
+        u1 = self.merge1(torch.cat([d1, self.up1(F.interpolate(d2, scale_factor=2))], 1))
+        u0 = self.merge0(torch.cat([d0, self.up0(F.interpolate(u1, scale_factor=2)), inputs], 1))
+        return self.residual(u0)
+
+
+class Decoder(nn.Module):
+    def __init__(self, bits=100, width=32):
+        super().__init__()
+        c = width
+        self.features = nn.Sequential(conv(3, c, 2), conv(c, 2 * c, 2), conv(2 * c, 2 * c), conv(2 * c, 4 * c, 2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * c * 16, 512), nn.ReLU(inplace=True), nn.Linear(512, bits))
+
+    def forward(self, images):
+        return self.head(self.features(images - 0.5))
+
+
+def ssim(x, y, window=7, sigma=1.5):
+    """Mean structural similarity of images in [0, 1] (Gaussian window, per channel)."""
+    coords = torch.arange(window, dtype=x.dtype, device=x.device) - window // 2
+    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+    kernel = (g[:, None] * g[None, :] / g.sum() ** 2).expand(x.shape[1], 1, window, window)
+
+    def blur(t):
+        return F.conv2d(t, kernel, groups=x.shape[1])
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    return ((2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean()
+
+
+def quantise(x):
+    """Round to 8 bits in the forward pass, identity in the backward pass."""
+    return x + ((x * 255).round() / 255 - x).detach()
+
+
+class ISSBA(Attack):
+    name = "ISSBA"
+    needs_preparation = True
+
+    def __init__(self, bits=100, width=32, encoder_steps=15000, batch_size=64, lr=1e-4, image_weight=10.0,
+                 ssim_weight=1.0, **kwargs):
+        super().__init__(**kwargs)
+        if bits < 1 or width < 1 or encoder_steps < 0 or batch_size < 1:
+            raise ValueError("bits, width and batch_size must be >= 1, encoder_steps >= 0")
+        self.bits, self.width, self.encoder_steps, self.batch_size = bits, width, encoder_steps, batch_size
+        self.lr, self.image_weight, self.ssim_weight = lr, float(image_weight), float(ssim_weight)
+        g = torch.Generator().manual_seed(self.seed + 7_919)  # the secret follows the attack seed
+        self.secret = torch.randint(0, 2, (bits,), generator=g).float()
+        self.encoder, self.decoder = Encoder(bits, width), Decoder(bits, width)
+        self.prepared, self.info = False, {}
+
+    def config(self):
+        return {**super().config(), "bits": self.bits, "width": self.width, "encoder_steps": self.encoder_steps,
+                "batch_size": self.batch_size, "lr": self.lr, "image_weight": self.image_weight,
+                "ssim_weight": self.ssim_weight}
+
+    def prepare(self, train, context):
+        self.context = context
+        device = context.device
+        g = torch.Generator().manual_seed(self.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # network initialisation follows the attack seed
+            self.encoder, self.decoder = Encoder(self.bits, self.width).to(device), Decoder(self.bits, self.width).to(device)
+        optimizer = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=self.lr)
+        ramp = max(1, self.encoder_steps // 2)
+        for step in range(self.encoder_steps):
+            batch = torch.randint(0, len(train), (self.batch_size,), generator=g)
+            x = train.images[batch].to(device).float() / 255
+            bits = torch.randint(0, 2, (self.batch_size, self.bits), generator=g).float().to(device)
+            with context.autocast():
+                poisoned = (x + self.encoder(x, bits)).clamp(0, 1)
+                logits = self.decoder(quantise(poisoned))
+            poisoned, logits = poisoned.float(), logits.float()
+            image_loss = F.mse_loss(poisoned, x) + self.ssim_weight * (1 - ssim(poisoned, x))
+            loss = self.image_weight * min(1.0, step / ramp) * image_loss \
+                + F.binary_cross_entropy_with_logits(logits, bits)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        self.prepared = True
+        self.info = self.measure(train.images[torch.randperm(len(train), generator=g)[:512]])
+
+    @torch.no_grad()
+    def measure(self, images):
+        """Decoder bit accuracy (fixed secret, 8-bit images) and mean |x' - x| (0..255) on ``images``."""
+        poisoned = self.apply_trigger(images)
+        device = self.context.device
+        self.decoder.to(device).eval()
+        logits = torch.cat([self.decoder(b.to(device).float() / 255).cpu() for b in poisoned.split(256)])
+        bit_accuracy = ((logits > 0).float() == self.secret).float().mean().item()
+        mean_abs_delta = (poisoned.float() - images.float()).abs().mean().item()
+        return {"bit_accuracy": round(bit_accuracy, 4), "mean_abs_delta": round(mean_abs_delta, 3)}
+
+    @torch.no_grad()
+    def residuals(self, images):
+        """E(x, s) in 0..255 units (float, before clipping and rounding)."""
+        if not self.prepared:
+            raise RuntimeError("ISSBA's encoder is not trained yet: call prepare() or load_state_dict()")
+        device = self.context.device
+        self.encoder.to(device).eval()
+        secret = self.secret.to(device)
+        out = [255 * self.encoder(b.to(device).float() / 255, secret.expand(len(b), -1)).cpu()
+               for b in images.split(256)]
+        return torch.cat(out) if out else images.float()
+
+    def apply_trigger(self, images):
+        return (images.float() + self.residuals(images)).round().clamp(0, 255).to(torch.uint8)
+
+    def state_dict(self):
+        if not self.prepared:
+            return {}
+        return {**{f"encoder.{k}": v for k, v in self.encoder.state_dict().items()},
+                **{f"decoder.{k}": v for k, v in self.decoder.state_dict().items()},
+                "secret": self.secret, "bit_accuracy": torch.tensor(self.info["bit_accuracy"]),
+                "mean_abs_delta": torch.tensor(self.info["mean_abs_delta"])}
+
+    def load_state_dict(self, state):
+        self.encoder = Encoder(self.bits, self.width)
+        self.decoder = Decoder(self.bits, self.width)
+        self.encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
+        self.decoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("decoder.")})
+        self.secret = state["secret"].float()
+        self.info = {"bit_accuracy": state["bit_accuracy"].item(), "mean_abs_delta": state["mean_abs_delta"].item()}
+        self.prepared = True

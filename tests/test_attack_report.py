@@ -1,0 +1,23 @@
+"""The attack suite's table and gallery on the smoke profile (models cached per test session)."""
+import matplotlib
+
+from purilib import attack_report
+
+matplotlib.use("Agg")
+
+
+def test_attack_table_reports_each_model_against_the_benign_one():
+    table = attack_report.run_attack_table("smoke", attacks=["Benign", "Blend"], device="cpu")
+    assert list(table["attack"]) == ["Benign", "Blend"]
+    benign, blend = table.iloc[0], table.iloc[1]
+    assert benign.acc_drop_vs_benign == 0 and blend.acc_drop_vs_benign == round(benign.acc - blend.acc, 2)
+    assert blend.paper_asr == 100.0 and blend.asr > 25  # the paper's no-defense cell; chance is ~10
+    assert "| Blend |" in attack_report.to_markdown(table, "smoke")
+
+
+def test_gallery_has_three_rows_per_attack():
+    figure = attack_report.gallery(["Benign", "BadNets", "Blend"], "smoke", device="cpu")
+    assert len(figure.axes) == 6
+    # the BadNets difference image is non-zero only in the bottom-right corner
+    difference = figure.axes[4].images[0].get_array()
+    assert difference[-3:, -3:].any() and not difference[:-4, :-4].any()
