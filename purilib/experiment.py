@@ -9,6 +9,7 @@ published numbers; ``write_outputs`` saves ``table.csv``, ``table.md`` and the
 figure.
 """
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -107,6 +108,7 @@ def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manif
         "clean_images": len(clean), "clean_per_class": per_class, "training_config": manifest["config"],
         "code_version": code_version(), "torch": torch.__version__, "device": device,
         "host": platform.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_average_1min": round(os.getloadavg()[0], 2),  # wall seconds mean little on a busy machine
     }
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(record, indent=1, default=float))

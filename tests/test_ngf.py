@@ -3,7 +3,7 @@ import torch
 
 from purilib.data import create_dataset
 from purilib.defenses import create_defense, purify
-from purilib.defenses.ngf import eig, find_layer, kfac_direction
+from purilib.defenses.ngf import eig, eigenbasis_second_moment, find_layer, kfac_direction
 from purilib.models import create_model
 
 
@@ -36,7 +36,7 @@ def test_ngf_on_a_conv_layer_moves_only_that_conv():
     model = create_model("preact_resnet18", width=0.125)
     clean = create_dataset("synthetic", "train", num_train=30)
     purified = purify(model, clean, method="NGF", layer="layer4.1.conv2", steps=4, batch_size=8, device="cpu",
-                      progress=False, cov_every=2, inverse_every=2)
+                      progress=False, cov_every=2, scale_every=2, inverse_every=2, reinit=False)
     assert _changed_keys(model.state_dict(), purified.state_dict()) == {"layer4.1.conv2.weight"}
 
 
@@ -74,3 +74,27 @@ def test_ngf_one_shot_and_kl_clipping(model_and_clean):
     assert defense.stats["kl_clip_scale_mean"] < 1.0  # a tiny KL budget does shrink the steps
     assert 0 < defense.stats["distance_from_start"]
     assert torch.isfinite(purified.linear.weight).all()
+
+
+def test_ngf_reinitialises_the_classifier_weight_only_when_asked(model_and_clean):
+    model, clean = model_and_clean
+    # lr 0: only the re-initialisation can move the weight
+    frozen = {"steps": 1, "batch_size": 8, "device": "cpu", "progress": False, "lr": 0.0}
+    fresh = purify(model, clean, method="NGF", **frozen)
+    assert not torch.allclose(fresh.linear.weight, model.linear.weight)
+    assert torch.equal(fresh.linear.bias, model.linear.bias)  # as released: the bias is kept
+    bound = (6 / sum(model.linear.weight.shape)) ** 0.5  # Xavier uniform
+    assert fresh.linear.weight.abs().max() <= bound
+    kept = purify(model, clean, method="NGF", reinit=False, **frozen)
+    assert torch.equal(kept.linear.weight, model.linear.weight)
+
+
+def test_ekfac_eigenvalues_are_second_moments_of_projected_per_sample_gradients():
+    torch.manual_seed(0)
+    n, positions, n_in, n_out = 5, 3, 4, 2
+    a, g = torch.randn(n, positions, n_in, dtype=torch.float64), torch.randn(n, positions, n_out, dtype=torch.float64)
+    q_a = torch.linalg.qr(torch.randn(n_in, n_in, dtype=torch.float64))[0]
+    q_g = torch.linalg.qr(torch.randn(n_out, n_out, dtype=torch.float64))[0]
+    expected = sum((q_g.T @ sum(torch.outer(g[i, p], a[i, p]) for p in range(positions)) @ q_a) ** 2
+                   for i in range(n)) / n
+    torch.testing.assert_close(eigenbasis_second_moment(a, g, q_a, q_g, chunk=2), expected)

@@ -13,9 +13,8 @@ Purification_NGF.py and its latest variant Purification_NGF_randomly_initalized.
 The layer is the classifier (the model's last nn.Linear; the released optimiser preconditions
 only the modules after index 66 of their ResNet-18, "use 66 for linear layer"), or any
 nn.Linear / nn.Conv2d named by ``layer``.  Its weight is first RE-INITIALISED (Xavier uniform,
-bias kept), as the latest released script does (``reinit``; with a frozen feature extractor,
-clean data carries no gradient along the trigger's feature directions, so fine-tuning the
-suspect classifier in place leaves the backdoor where it is).  Every other parameter AND buffer
+bias kept), as the latest released script does (``reinit``: in place, clean data hardly moves
+the weights that read features only triggered inputs activate).  Every other parameter AND buffer
 stays bit-identical: the network runs in eval mode, BatchNorm statistics frozen.  Objective:
 
     min_W  E_(x,y)~D_clean CE(f_W(aug(x)), y)  +  eta / 2 * sum_j F_j (W_j - W0_j)^2,
@@ -44,6 +43,9 @@ K-FAC code); here with Q_G^T grad Q_A, the eigenbasis the update uses.  Its firs
 (no re-initialisation) used MultiStepLR, stepped before each 100-step chunk: 1e-3 for 200 steps,
 then 1e-4.  The regulariser's Fisher is per-sample squared gradients (EWC), not the square of
 the batch-mean gradient that CDA_Regularizer computes.
+Limitation seen here (cpu-profile BadNets, PreActResNet-18 x0.25): triggered images' penultimate
+features sit in the target class's cluster, so even a classifier refitted from scratch on clean
+features keeps ASR near 90-100%; no classifier-only method, NGF included, removes that backdoor.
 """
 import math
 
