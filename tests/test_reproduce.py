@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from purilib.tables import get_table
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,21 +16,26 @@ def reproduce(*args, results, env_extra=None):
     return subprocess.run([str(ROOT / "reproduce.sh"), *args], capture_output=True, text=True, env=env, timeout=900)
 
 
-def test_smoke_table_end_to_end(tmp_path):
-    run = reproduce("table1", "--profile", "smoke", results=tmp_path)
+def test_smoke_table_end_to_end():
+    """The full 15-row x 8-column NFT Table 1 grid on the smoke profile.  Results go to the session's
+    results folder (conftest.py), where nbval's run of the same notebook then finds every cell done; the
+    backdoored models come from the session's cache, where the per-attack tests left them."""
+    results = Path(os.environ["PURILIB_RESULTS_DIR"])
+    run = reproduce("table1", "--profile", "smoke", results=results)
     assert run.returncode == 0, run.stderr[-3000:]
-    out = tmp_path / "nft-table1" / "smoke"
+    out = results / "nft-table1" / "smoke"
     table = pd.read_csv(out / "table.csv")
-    assert set(table["attack"]) == {"Benign", "BadNets", "Blend"}
-    assert set(table["defense"]) == {"No defense", "FT", "NFT"}
+    grid = get_table("nft-table1")
+    assert list(dict.fromkeys(table["attack"])) == list(grid.attacks)  # the paper's row order
+    assert set(table["defense"]) == set(grid.defenses) and len(table) == 15 * 8
+    assert len(list((out / "records").glob("*.json"))) == 15 * 8
     published = table[table.defense.isin(["No defense", "NFT"])]  # the paper's Table 1 has no FT column
     assert published["paper_acc"].notna().all() and table[table.defense == "FT"]["paper_acc"].isna().all()
     assert (out / "nft_table1.ipynb").exists() and (out / "asr_acc.png").exists()
-    assert len(list((out / "records").glob("*.json"))) == 9
     assert "ASR paper" in (out / "table.md").read_text()
-    # smoke numbers check the plumbing, not the papers: the Blend backdoor is learned
-    blend = table[(table.attack == "Blend") & (table.defense == "No defense")].iloc[0]
-    assert blend.asr > 25  # chance is about 10
+    # smoke numbers check the plumbing, not the papers: every backdoor is learned (chance is about 10)
+    planted = table[(table.defense == "No defense") & (table.attack != "Benign")].set_index("attack")["asr"]
+    assert (planted > 25).all(), planted[planted <= 25]
 
 
 def test_bad_requests_fail_with_one_clear_line(tmp_path):

@@ -11,20 +11,23 @@ from .bppa import BPPA
 from .cba import CBA
 from .clb import CLB
 from .dynamic import InputAwareDynamic
+from .fba import FBA
 from .issba import ISSBA
+from .lira import LIRA
 from .sig import SIG
 from .trojannn import TrojanNN
 from .wanet import WaNet
 
 ATTACKS = {"BadNets": BadNets, "Blend": Blend, "SIG": SIG, "CBA": CBA, "WaNet": WaNet, "BPPA": BPPA,
            "TrojanNN": TrojanNN, "CLB": CLB, "ISSBA": ISSBA,
-           "Dynamic": InputAwareDynamic}
+           "Dynamic": InputAwareDynamic, "LIRA": LIRA, "FBA": FBA}
 # table name -> (registered attack, label mapping)
 ALIASES = {"Troj-one": ("TrojanNN", "all2one"), "Troj-all": ("TrojanNN", "all2all"),
            "Dyn-one": ("Dynamic", "all2one"), "Dyn-all": ("Dynamic", "all2all")}
 BENIGN = "Benign"
-__all__ = ["ALIASES", "ATTACKS", "BENIGN", "BPPA", "CBA", "CLB", "ISSBA", "SIG", "Attack", "AttackContext", "BadNets",
-           "Blend", "InputAwareDynamic", "TrojanNN", "WaNet", "attack_class", "create_attack"]
+__all__ = ["ALIASES", "ATTACKS", "BENIGN", "BPPA", "CBA", "CLB", "FBA", "ISSBA", "LIRA", "SIG", "Attack",
+           "AttackContext", "BadNets", "Blend", "InputAwareDynamic", "TrojanNN", "WaNet", "attack_class",
+           "create_attack"]
 
 
 def _resolve(name: str):

@@ -179,7 +179,8 @@ class InputAwareDynamic(Attack):
         clean_bd, clean_cross, partner = x[:n_bd], x[n_bd:n_bd + n_cross], x2[n_bd:n_bd + n_cross]
         with torch.no_grad():
             mask_bd, mask_cross = self.mask(clean_bd), self.mask(partner)
-        pattern_bd, pattern_cross = self.generator(clean_bd), self.generator(partner)
+        # one generator pass for both (its BatchNorm then sees both sets, as a batch of 2 x 0.1 x 128 images)
+        pattern_bd, pattern_cross = self.generator(torch.cat([clean_bd, partner])).split([n_bd, n_cross])
         backdoor = clean_bd + mask_bd * (pattern_bd - clean_bd)
         cross = clean_cross + mask_cross * (pattern_cross - clean_cross)
         poisoned_labels = torch.cat([self.target_labels(labels[:n_bd]), labels[n_bd:]])

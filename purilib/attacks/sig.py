@@ -15,11 +15,12 @@ the target class (capped at the size of that class).  At 10% on CIFAR-10 that
 is every target-class image.
 
 The seed papers' released scripts (NAD's data loader, reused by NFT) do
-something else under "SIG at 0.2": they blend a stored 32x32 signal at alpha
-0.2, x' = 0.8 x + 0.2 s, where s, a delta-20 sinusoid, was saved as uint8 so
-its negative half-periods wrapped round to 236..255, and poison 10% of the
-target class.  The wrap-round is a bug (it turns the sinusoid into bright
-stripes and dims the image); we implement the paper's additive signal.
+something else under "SIG at 0.2": 0.2 is a blending weight, x' = 0.8 x + 0.2 s,
+with s a stored 32x32 sinusoid of amplitude 20 (about four periods across the
+width) saved as uint8, so that its negative half-periods wrapped round to
+236..255; and they poison 10% of the target class.  The wrap-round is a bug
+(it turns the sinusoid into bright stripes and dims the image by 20%); we
+implement the paper's additive signal.
 
 All-to-all is not defined for a clean-label attack: ``mode='all2all'`` raises.
 Nothing here is expensive; the profiles change nothing.

@@ -72,11 +72,16 @@ class TrojanNN(Attack):
                 "target_activation": self.target_activation, "trigger_steps": self.trigger_steps,
                 "trigger_lr": self.trigger_lr}
 
+    @torch.no_grad()
     def neuron_activation(self, model, pattern) -> torch.Tensor:
-        """Selected neurons' activations (float, [num_neurons]) on the trigger alone on a black image."""
-        device = next(model.parameters()).device
+        """Selected neurons' activations (float, [num_neurons]) on the trigger alone on a black image,
+        the model in eval mode."""
+        device, was_training = next(model.parameters()).device, model.training
         x = (self.mask * pattern.float().cpu() / 255)[None].to(device)
-        return self._features(model, x)[0, self.neurons.to(device)].float().detach().cpu()
+        try:
+            return self._features(model.eval(), x)[0, self.neurons.to(device)].float().cpu()
+        finally:
+            model.train(was_training)
 
     def _features(self, model, x):
         saved = {}

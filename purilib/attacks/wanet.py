@@ -42,7 +42,8 @@ class WaNet(Attack):
         g = torch.Generator().manual_seed(self.seed)
         control = torch.rand(1, 2, k, k, generator=g) * 2 - 1
         control = control / control.abs().mean()
-        self.noise_grid = F.interpolate(control, size=32, mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+        field = F.interpolate(control, size=32, mode="bicubic", align_corners=True)
+        self.noise_grid = field.permute(0, 2, 3, 1).contiguous()  # [1, 32, 32, 2]
         self.generator = torch.Generator().manual_seed(self.seed + 1)  # noise-mode grids
 
     def config(self):
@@ -53,7 +54,7 @@ class WaNet(Attack):
         return {"noise_grid": self.noise_grid.clone()}
 
     def load_state_dict(self, state):
-        self.noise_grid = state["noise_grid"].float().cpu()
+        self.noise_grid = state["noise_grid"].float().cpu().contiguous()
 
     def grid(self):
         """The warping grid M, [1, 32, 32, 2] in grid_sample's (x, y) order."""
