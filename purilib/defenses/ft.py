@@ -26,7 +26,11 @@ class FineTuning(Defense):
         self.stats["trainable_params"] = count_trainable(params)
         optimizer = torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"])
         batches = clean_batches(clean, c["batch_size"], c["steps"], self.device, self.seed)
-        for step, (x, y) in enumerate(progress(batches, total=c["steps"], desc="FT", enabled=self.progress)):
+        for step, (x, y) in enumerate(progress(batches, total=c["steps"], desc=self.name, enabled=self.progress)):
             optimizer.param_groups[0]["lr"] = cosine_lr(step, c["steps"], c["lr"])
-            cross_entropy_step(model, optimizer, x, y, self.autocast())
+            self.update(model, params, optimizer, x, y)
         return model
+
+    def update(self, model, params, optimizer, x, y):
+        """One step on a clean batch; fine-tuning variants (FT-SAM) change only this."""
+        cross_entropy_step(model, optimizer, x, y, self.autocast())

@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..progress import progress
-from .base import Defense, clean_batches, cosine_lr, count_trainable
+from .ft import FineTuning
 
 DEFAULTS = dict(steps=1000, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
                 rho=2.0, adaptive=True, label_smoothing=0.1)
@@ -87,19 +86,12 @@ def sam_step(model, params, optimizer, loss_fn, rho, adaptive, autocast=None):
     return loss.item(), e
 
 
-class FTSAM(Defense):
+class FTSAM(FineTuning):
+    """Fine-tuning (the FT loop: same optimiser, schedule and batches) whose step is SAM's."""
     name = "FT-SAM"
     DEFAULTS = DEFAULTS
 
-    def run(self, model, clean):
+    def update(self, model, params, optimizer, x, y):
         c = self.config
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.stats["trainable_params"] = count_trainable(params)
-        optimizer = torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"])
-        batches = clean_batches(clean, c["batch_size"], c["steps"], self.device, self.seed)
-        for step, (x, y) in enumerate(progress(batches, total=c["steps"], desc="FT-SAM", enabled=self.progress)):
-            optimizer.param_groups[0]["lr"] = cosine_lr(step, c["steps"], c["lr"])
-            sam_step(model, params, optimizer, lambda m, x=x, y=y: smooth_cross_entropy(m(x), y, c["label_smoothing"]),
-                     c["rho"], c["adaptive"], self.autocast())
-        return model
+        sam_step(model, params, optimizer, lambda m: smooth_cross_entropy(m(x), y, c["label_smoothing"]),
+                 c["rho"], c["adaptive"], self.autocast())
