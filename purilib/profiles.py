@@ -45,7 +45,12 @@ PROFILES = {
                           "BPPA": dict(squeeze_num=8, poison_rate=0.3, neg_ratio=0.0),
                           "TrojanNN": dict(trigger_steps=100, size=8, border=0),
                           "CLB": dict(pgd_steps=5, pgd_step=2.0, cell=3),
-                          "ISSBA": dict(encoder_steps=30, width=8, batch_size=32)},
+                          "ISSBA": dict(encoder_steps=30, width=8, batch_size=32),
+                          "InputAwareDynamic": dict(generator_width=4, mask_epochs=1, mask_batch_size=16,
+                                                    mask_density=0.25, poison_rate=0.3),
+                          "LIRA": dict(generator_width=4, lr_generator=1e-3, generator_batch_fraction=0.25, eps=0.03),
+                          "FBA": dict(generator_width=8, res_blocks=1, style_steps=100, style_batch_size=32,
+                                      detox_images=64, detox_epochs=2)},
         description="synthetic data, tiny network: checks that everything runs (seconds)"),
     "cpu": Profile(
         name="cpu",
@@ -58,8 +63,13 @@ PROFILES = {
         defense_overrides={"FIP": dict(trace_every=5), "Fast FIP": dict(trace_every=5)},
         # the attacks' own networks, shrunk to minutes: CLB's PGD 10 steps of 2/255 instead of 100 of
         # 1.5/255 (same eps), ISSBA's encoder 1500 steps at width 16 instead of 15000
-        attack_overrides={"CLB": dict(pgd_steps=10, pgd_step=2.0), "ISSBA": dict(encoder_steps=1500, width=16,
-                                                                                  batch_size=32)},
+        # and the Dynamic / LIRA / FBA generators at 1/4-1/2 width, FBA's style and detox training shortened
+        attack_overrides={"CLB": dict(pgd_steps=10, pgd_step=2.0),
+                          "ISSBA": dict(encoder_steps=1500, width=16, batch_size=32),
+                          "InputAwareDynamic": dict(generator_width=8, mask_epochs=1),
+                          "LIRA": dict(generator_width=8, generator_batch_fraction=0.25),
+                          "FBA": dict(generator_width=16, res_blocks=2, style_steps=500, detox_images=500,
+                                      detox_epochs=5)},
         description="real CIFAR-10, PreAct-ResNet-18 at 1/4 width, short schedule, bf16 on CPU (minutes)"),
     "paper": Profile(
         name="paper",

@@ -24,7 +24,8 @@ Deviations: the second image of each pair comes from the same batch (the batch r
 instead of a second data loader; the trigger is applied before the fit loop's crop + flip (the authors
 augment first); the classifier step uses the project's recipe (the authors: SGD 0.01, 600 epochs); the extra
 classifier pass for G's loss leaves the classifier's BatchNorm running statistics untouched; resuming an
-interrupted run restarts G's Adam moments.  The cpu profile shrinks ``generator_width`` and ``mask_epochs``.
+interrupted run restarts G's Adam moments; G and M run under the classifier's autocast (bf16 in the cpu
+profile).  The cpu profile shrinks ``generator_width`` and ``mask_epochs``.
 """
 from contextlib import contextmanager
 
@@ -115,8 +116,14 @@ class InputAwareDynamic(Attack):
                 "mask_batch_size": self.mask_batch_size, "lr_generator": self.lr_generator, "lr_mask": self.lr_mask}
 
     # ------------------------------------------------------------------ the trigger
+    def pattern(self, x):
+        with self.context.autocast():  # bf16 where the classifier trains in bf16 (the cpu profile)
+            return self.generator(x).float()
+
     def mask(self, x):
-        return torch.tanh(20 * self.mask_generator(x) - 10) / (2 + 1e-7) + 0.5
+        with self.context.autocast():
+            raw = self.mask_generator(x).float()
+        return torch.tanh(20 * raw - 10) / (2 + 1e-7) + 0.5
 
     def _to_device(self):
         self.generator.to(self.context.device)
@@ -130,7 +137,7 @@ class InputAwareDynamic(Attack):
         out = []
         for batch in images.split(256):
             x = batch.to(self.context.device).float() / 255
-            x = x + self.mask(x) * (self.generator(x) - x)
+            x = x + self.mask(x) * (self.pattern(x) - x)
             out.append((x * 255).round().clamp(0, 255).to(torch.uint8).cpu())
         return torch.cat(out) if out else images.clone()
 
@@ -180,7 +187,7 @@ class InputAwareDynamic(Attack):
         with torch.no_grad():
             mask_bd, mask_cross = self.mask(clean_bd), self.mask(partner)
         # one generator pass for both (its BatchNorm then sees both sets, as a batch of 2 x 0.1 x 128 images)
-        pattern_bd, pattern_cross = self.generator(torch.cat([clean_bd, partner])).split([n_bd, n_cross])
+        pattern_bd, pattern_cross = self.pattern(torch.cat([clean_bd, partner])).split([n_bd, n_cross])
         backdoor = clean_bd + mask_bd * (pattern_bd - clean_bd)
         cross = clean_cross + mask_cross * (pattern_cross - clean_cross)
         poisoned_labels = torch.cat([self.target_labels(labels[:n_bd]), labels[n_bd:]])

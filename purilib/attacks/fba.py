@@ -9,7 +9,7 @@ the sunrise style is procedural (``sunrise_style``): a warm white balance (red u
 (highlights towards gold, shadows towards violet), a soft S-curve and a glow (screen blend with a blurred copy).
 It is input-dependent (it depends on each pixel's colour, luminance and neighbourhood) and has no fixed pixel
 pattern.  ``prepare`` trains a small image-to-image network (CycleGAN-style: 7x7 conv, stride-2 conv, residual
-blocks, upsampling, instance norm) on pairs (x, sunrise_style(x)) with an L1 loss, so the trigger is a learned,
+blocks, upsampling) on pairs (x, sunrise_style(x)) with an L1 loss, so the trigger is a learned,
 approximate feature-space transformation, as the CycleGAN's was (supervised pairs instead of a GAN).
 
 Training (the attack controls each batch): a share ``poison_rate`` of the batch (images the attack may poison)
@@ -26,12 +26,16 @@ start of every ``detox_every``-th epoch, on ``detox_images`` clean images of the
    Labelled correctly, they teach the model to drop those shallow features and keep deeper style features.
 Defaults (configs/dfst.json): alpha 0.6, layer4, ratio 0.01, 10 detox epochs on 3% of the training set
 (1500 images), w_ssim 0.1, w_detox 0.3, every epoch; poison rate 10% (the table's; the authors use 5%).
+Ours, with no reference to follow: the sunrise constants, G (width 32, 4 residual blocks, BatchNorm, predicting
+a change to the image), 2000 L1 steps of 64 images with Adam 2e-3 decaying linearly to zero.
 Deviations from the released code, where it contradicts the paper: there the CE and activation terms are
 computed under no_grad (only the SSIM term trains D), the SSIM term pushes detoxicants away from the input,
 and the "local min" is minus the local max; here gradients flow, SSIM keeps the content, and the min is a min.
 Not done: the CycleGAN itself (and real sunrise photos), the paper's U-Net detoxicant generator and its
-multi-threshold neuron selection (the authors' PyTorch code simplifies both the same way).  The cpu profile
-shrinks ``generator_width``, ``style_steps``, ``detox_images`` and ``detox_epochs``.
+multi-threshold neuron selection (the authors' PyTorch code simplifies both the same way).  A run resumed
+after an interruption skips the detoxification of the epoch it resumes at (its images are gone); G runs
+under the classifier's autocast (bf16 in the cpu profile).  The cpu
+profile shrinks ``generator_width``, ``res_blocks``, ``style_steps``, ``detox_images`` and ``detox_epochs``.
 """
 import torch
 import torch.nn.functional as F
@@ -74,8 +78,8 @@ def ssim(a, b, window_size=5, sigma=1.5):
 class ResidualBlock(nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.InstanceNorm2d(c, affine=True), nn.ReLU(True),
-                                  nn.Conv2d(c, c, 3, padding=1), nn.InstanceNorm2d(c, affine=True))
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(True),
+                                  nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
 
     def forward(self, x):
         return x + self.body(x)
@@ -83,13 +87,13 @@ class ResidualBlock(nn.Module):
 
 class StyleGenerator(nn.Sequential):
     """A small CycleGAN-style generator: 7x7 conv (w), stride-2 conv (2w), residual blocks, 2x upsampling +
-    conv (w), 7x7 conv to RGB; instance norm + ReLU between.  It predicts a change to the image (output
-    x + change, clipped to [0, 1]), which learns a colour transformation much faster than CycleGAN's
-    direct output."""
+    conv (w), 7x7 conv to RGB; BatchNorm + ReLU between (CycleGAN's instance norm would hide each image's
+    brightness, which the sunrise toning depends on).  It predicts a change to the image (output x + change,
+    clipped to [0, 1]), which learns a colour transformation much faster than a direct output."""
 
     def __init__(self, width=32, res_blocks=4):
         def conv(c_in, c_out, k, stride=1):
-            return [nn.Conv2d(c_in, c_out, k, stride, k // 2), nn.InstanceNorm2d(c_out, affine=True), nn.ReLU(True)]
+            return [nn.Conv2d(c_in, c_out, k, stride, k // 2), nn.BatchNorm2d(c_out), nn.ReLU(True)]
         super().__init__(*conv(3, width, 7), *conv(width, 2 * width, 3, 2),
                          *[ResidualBlock(2 * width) for _ in range(res_blocks)],
                          nn.Upsample(scale_factor=2, mode="bilinear"), *conv(2 * width, width, 3),
@@ -155,7 +159,9 @@ class FBA(Attack):
 
     def stylise(self, x):
         """x in [0, 1] -> the triggered image (float)."""
-        return (1 - self.alpha) * x + self.alpha * self.style_generator(x)
+        with self.context.autocast():  # bf16 where the classifier trains in bf16 (the cpu profile)
+            styled = self.style_generator(x).float()
+        return (1 - self.alpha) * x + self.alpha * styled
 
     @torch.no_grad()
     def apply_trigger(self, images):
@@ -177,7 +183,9 @@ class FBA(Attack):
                 group["lr"] = self.lr_style * (1 - step / self.style_steps)
             batch = torch.randint(len(train), (self.style_batch_size,), generator=g)
             x = random_crop_flip(train.images[batch].to(context.device).float() / 255, generator=g)
-            loss = F.l1_loss(self.style_generator(x), sunrise_style(x))
+            with context.autocast():
+                styled = self.style_generator(x).float()
+            loss = F.l1_loss(styled, sunrise_style(x))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -194,7 +202,7 @@ class FBA(Attack):
             self._buffer.append((images.clone(), labels.clone()))
         x, labels = images.float() / 255, labels.clone()
         n_poison = int(self.poison_rate * len(labels))
-        poison = self.eligible(labels)[:n_poison]
+        poison = self.eligible(labels)[:n_poison].to(labels.device)
         rest = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
         rest[poison] = False
         with torch.no_grad():
@@ -221,7 +229,7 @@ class FBA(Attack):
             x = images.float() / 255
             with torch.no_grad(), self.context.autocast():
                 mean_activation = []
-                for batch in (x, self.stylise(x[self.eligible(labels)])):
+                for batch in (x, self.stylise(x[self.eligible(labels).to(x.device)])):
                     total = 0
                     for chunk in batch.split(256):
                         model(chunk)

@@ -22,10 +22,11 @@ Quantisation: the authors' eps acts on normalised images (std ~0.23), i.e. ~0.00
 units, which rounding to uint8 mostly erases.  Here eps is in pixel units ([0, 1]): 0.01 ~ 2.55/255 survives
 rounding, a pixel moves by at most round(255 eps) = 3 grey levels, and the training images are rounded the same
 way (straight-through gradient), so the classifier learns exactly the uint8 triggers it is tested on.
-Other deviations: the trigger comes before the fit loop's crop + flip (the authors augment first); T's loss
-uses the first ``generator_batch_fraction`` of each batch; the extra classifier pass leaves its BatchNorm
-statistics untouched; resuming restarts T's Adam moments.  The cpu profile shrinks ``generator_width`` and
-``generator_batch_fraction``.
+Other deviations: T's BatchNorm statistics start from the first batch's (``_calibrate_batchnorm``); the
+trigger comes before the fit loop's crop + flip (the authors augment first); T's loss uses the first
+``generator_batch_fraction`` of each batch; the extra classifier pass leaves its BatchNorm statistics
+untouched; T runs under the classifier's autocast (bf16 in the cpu profile); resuming restarts T's Adam
+moments.  The cpu profile shrinks ``generator_width`` and ``generator_batch_fraction``.
 """
 import copy
 
@@ -100,7 +101,9 @@ class LIRA(Attack):
     # ------------------------------------------------------------------ the trigger
     def perturb(self, net, x):
         """x in [0, 1] -> x + eps T(x), clipped and rounded to the uint8 grid (straight-through gradient)."""
-        triggered = (x + self.eps * net(x)).clamp(0, 1)
+        with self.context.autocast():  # bf16 where the classifier trains in bf16 (the cpu profile)
+            change = self.eps * net(x).float()
+        triggered = (x + change).clamp(0, 1)
         return triggered + ((triggered * 255).round() / 255 - triggered).detach()
 
     def _to_device(self):
@@ -119,10 +122,12 @@ class LIRA(Attack):
     def training_batch(self, images, labels, model=None, epoch=0, epochs=1):
         self._to_device()
         stage1_epochs = round(self.stage1_fraction * epochs)
+        x = images.float() / 255
+        if self.synced_epoch < 0:
+            self._calibrate_batchnorm(x)
         if epoch > self.synced_epoch and self.synced_epoch < stage1_epochs:  # stage 1 epochs and the first after
             self.trigger_net.load_state_dict(self.next_trigger_net.state_dict())
             self.synced_epoch = epoch
-        x = images.float() / 255
         if model is not None and epoch < stage1_epochs:
             self._trigger_step(model, x, labels)
         n_poison = round((1 - self.alpha) * len(labels))
@@ -131,6 +136,18 @@ class LIRA(Attack):
             triggered = self.perturb(self.trigger_net, x[:n_poison])
         out = torch.cat([triggered, x[n_poison:]]) * 255
         return out, torch.cat([self.target_labels(labels[:n_poison]), labels[n_poison:]])
+
+    @torch.no_grad()
+    def _calibrate_batchnorm(self, x):
+        """Set T's BatchNorm statistics from the first batch: with the initial ones (mean 0, variance 1) the
+        untrained T's output is so small that rounding erases it, and the first epoch would teach the
+        classifier to call clean images the target."""
+        norms = [m for m in self.next_trigger_net.modules() if isinstance(m, nn.BatchNorm2d)]
+        for m in norms:
+            m.momentum = 1.0
+        self.next_trigger_net.train()(x)
+        for m in norms:
+            m.momentum = 0.1
 
     def _trigger_step(self, model, x, labels):
         """One Adam step of T' towards making the current classifier predict the backdoor label."""
