@@ -71,15 +71,21 @@ def gallery(attacks, profile="smoke", seed=0, device="auto", data_root=None, cac
     fig, axes = plt.subplots(3, len(names), figsize=(1.6 * len(names), 5.2), squeeze=False)
     for column, name in enumerate(names):
         _, _, attack, test = backdoored(name, prof, seed, device, data_root, cache_dir)
-        images, _, _ = attack.triggered_test_set(test.subset(torch.arange(min(len(test), 200))))
-        clean_index = attack.eligible(test.labels[:200])[image_index]
-        clean = test.images[clean_index]
-        triggered = images[image_index]
-        difference = ((triggered.float() - clean.float()).abs() * amplify).clamp(0, 255).to(torch.uint8)
+        clean = test.images[attack.eligible(test.labels)[image_index]]
+        try:
+            triggered = attack.apply_trigger(clean[None])[0]
+        except (NotImplementedError, ValueError):  # no per-image trigger (CBA composes two images)
+            triggered = attack.triggered_test_set(test.subset(torch.arange(min(len(test), 200))))[0][image_index]
+            clean = None
+        difference = None if clean is None else \
+            ((triggered.float() - clean.float()).abs() * amplify).clamp(0, 255).to(torch.uint8)
         for row, (picture, label) in enumerate(((clean, "clean"), (triggered, "triggered"),
                                                 (difference, f"|diff| x{amplify:g}"))):
             ax = axes[row, column]
-            ax.imshow(picture.permute(1, 2, 0).numpy())
+            if picture is None:
+                ax.text(0.5, 0.5, "composite:\nno single\nclean image", ha="center", va="center", fontsize=7)
+            else:
+                ax.imshow(picture.permute(1, 2, 0).numpy())
             ax.set_xticks([]), ax.set_yticks([])
             if row == 0:
                 ax.set_title(name, fontsize=9)
