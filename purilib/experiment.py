@@ -137,8 +137,11 @@ def summarize(records: pd.DataFrame, table_id: str) -> pd.DataFrame:
             row[metric] = values.mean()
             row[f"{metric}_std"] = values.std(ddof=1) if len(group) > 1 else np.nan
         row["trainable_params"] = int(group["trainable_params"].iloc[0])
-        # the papers report 1% clean data (50 images per class); other amounts have no published cell
-        reference = paper.get((attack, defense), {}) if per_class == PAPER_CLEAN_PER_CLASS else {}
+        # the papers report 1% clean data: the profile's default amount (50 images per class on CIFAR-10);
+        # other amounts (one-shot, ...) have no published cell
+        profile = group["profile"].iloc[0] if "profile" in group else None
+        papers_amount = get_profile(profile).clean_per_class if profile else PAPER_CLEAN_PER_CLASS
+        reference = paper.get((attack, defense), {}) if per_class == papers_amount else {}
         row["paper_acc"], row["paper_asr"] = reference.get("acc", np.nan), reference.get("asr", np.nan)
         row["delta_acc"], row["delta_asr"] = row["acc"] - row["paper_acc"], row["asr"] - row["paper_asr"]
         rows.append(row)
