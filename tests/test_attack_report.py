@@ -2,6 +2,7 @@
 import matplotlib
 
 from purilib import attack_report
+from purilib.profiles import get_profile
 
 matplotlib.use("Agg")
 
@@ -18,6 +19,8 @@ def test_attack_table_reports_each_model_against_the_benign_one():
 def test_gallery_has_three_rows_per_attack():
     figure = attack_report.gallery(["Benign", "BadNets", "Blend"], "smoke", device="cpu")
     assert len(figure.axes) == 6
-    # the BadNets difference image is non-zero only in the bottom-right corner
+    # the BadNets difference image is non-zero only in the bottom-right patch (the smoke profile's size)
+    size = get_profile("smoke").attack_overrides["BadNets"]["size"]
     difference = figure.axes[4].images[0].get_array()
-    assert difference[-3:, -3:].any() and not difference[:-4, :-4].any()
+    assert difference[-size:, -size:].any()
+    assert not difference[:-size, :].any() and not difference[:, :-size].any()
