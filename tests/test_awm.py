@@ -1,19 +1,9 @@
-import pytest
 import torch
 from torch import nn
 
-from purilib.data import create_dataset
 from purilib.defenses import create_defense
 from purilib.defenses.awm import clip_masks, project_l1
-from purilib.models import create_model
 
-
-@pytest.fixture(scope="module")
-def model_and_clean():
-    torch.manual_seed(0)
-    model = create_model("preact_resnet18", width=0.125)
-    clean = create_dataset("synthetic", "train", num_train=100)
-    return model, clean
 
 
 def test_project_l1_on_known_vectors():

@@ -7,13 +7,6 @@ from purilib.defenses.ngf import eig, eigenbasis_second_moment, find_layer, kfac
 from purilib.models import create_model
 
 
-@pytest.fixture(scope="module")
-def model_and_clean():
-    torch.manual_seed(0)
-    model = create_model("preact_resnet18", width=0.125)
-    clean = create_dataset("synthetic", "train", num_train=100)
-    return model, clean
-
 
 def _changed_keys(before, after):
     assert before.keys() == after.keys()
