@@ -209,13 +209,20 @@ def write_outputs(records: pd.DataFrame, table_id: str, profile: str, output_dir
     return summary, figure
 
 
-def rounded_summary(summary: pd.DataFrame) -> str:
-    """A short, stable text of the table (integers) for nbval to compare across runs."""
-    lines = []
-    for r in summary.itertuples():
-        asr = "-" if pd.isna(r.asr) else f"{r.asr:.0f}"
-        lines.append(f"{r.attack:<10} {r.defense:<11} {r.clean_per_class:>3}/class  ACC {r.acc:5.0f}  ASR {asr:>4}")
-    return "\n".join(lines)
+def table_outline(summary: pd.DataFrame) -> str:
+    """The table's shape for nbval to compare across machines: which cells were measured, and that
+    their numbers are percentages.  The numbers themselves are not compared: a tiny smoke model's
+    ACC / ASR move with the CPU thread count (one SIG model: ASR 60 at 2 threads, 86 elsewhere), so
+    they are checked by tests with bounds instead."""
+    lines = [f"{attack:<10} {k:>3}/class  " + ", ".join(group["defense"])
+             for (attack, k), group in summary.groupby(["attack", "clean_per_class"], sort=False)]
+    return "\n".join(lines + [f"{len(summary)} cells; ACC and ASR within [0, 100]: {percentages_valid(summary)}"])
+
+
+def percentages_valid(table: pd.DataFrame) -> bool:
+    """ACC is a percentage everywhere; ASR too where defined (NaN for the benign model)."""
+    asr = table["asr"].dropna()
+    return bool(table["acc"].between(0, 100).all() and asr.between(0, 100).all())
 
 
 def runtime_ratios(summary: pd.DataFrame, reference="NFT") -> pd.DataFrame:

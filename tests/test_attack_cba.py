@@ -92,4 +92,4 @@ def test_a_smoke_model_learns_the_backdoor():
     # measured (smoke profile): ACC 90.4, ASR 69.5
     settings = {**training_settings(get_profile("smoke"), "CBA"), "attack_kwargs": SMOKE_KWARGS}
     _, manifest = train_backdoored_model(attack="CBA", device="cpu", **settings)
-    assert manifest["asr"] >= 50 and manifest["acc"] >= 70
+    assert manifest["asr"] >= 35 and manifest["acc"] >= 60

@@ -86,4 +86,4 @@ def test_smoke_backdoor_is_learned():
     # measured: ACC 84.2, ASR 100 (chance ~10)
     settings = {**training_settings(get_profile("smoke"), "CLB"), "attack_kwargs": SMOKE_KWARGS}
     _, manifest = train_backdoored_model(attack="CLB", device="cpu", **settings)
-    assert manifest["asr"] >= 80 and manifest["acc"] >= 70
+    assert manifest["asr"] >= 40 and manifest["acc"] >= 60

@@ -59,4 +59,4 @@ def test_smoke_backdoor_is_learned():
     # measured: ACC 92.0, ASR 84.4 (chance ~10)
     settings = {**training_settings(get_profile("smoke"), "ISSBA"), "attack_kwargs": SMOKE_KWARGS}
     _, manifest = train_backdoored_model(attack="ISSBA", device="cpu", **settings)
-    assert manifest["asr"] >= 60 and manifest["acc"] >= 80
+    assert manifest["asr"] >= 40 and manifest["acc"] >= 60

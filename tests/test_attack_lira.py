@@ -25,7 +25,7 @@ def smoke():
 
 def test_smoke_model_learns_the_backdoor(smoke):
     _, manifest, _, _ = smoke
-    assert manifest["asr"] >= 50  # chance is ~10
+    assert manifest["asr"] >= 35  # chance is ~10; measured 74 and 78
 
 
 def test_learned_trigger_is_bounded_survives_rounding_and_depends_on_the_image(smoke):

@@ -12,7 +12,7 @@ def test_attack_table_reports_each_model_against_the_benign_one():
     assert list(table["attack"]) == ["Benign", "Blend"]
     benign, blend = table.iloc[0], table.iloc[1]
     assert benign.acc_drop_vs_benign == 0 and blend.acc_drop_vs_benign == round(benign.acc - blend.acc, 2)
-    assert blend.paper_asr == 100.0 and blend.asr > 25  # the paper's no-defense cell; chance is ~10
+    assert blend.paper_asr == 100.0 and blend.asr > 12  # the paper's no-defense cell; measured 36 (2 threads) and 20 (1 thread); a clean model ~1
     assert "| Blend |" in attack_report.to_markdown(table, "smoke")
 
 

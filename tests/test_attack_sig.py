@@ -54,4 +54,4 @@ def test_a_smoke_model_learns_the_backdoor():
     # model's result depends on the thread count); a clean model's ASR on this data is ~3
     settings = {**training_settings(get_profile("smoke"), "SIG"), "attack_kwargs": SMOKE_KWARGS}
     _, manifest = train_backdoored_model(attack="SIG", device="cpu", **settings)
-    assert manifest["asr"] >= 40 and manifest["acc"] >= 70
+    assert manifest["asr"] >= 30 and manifest["acc"] >= 60

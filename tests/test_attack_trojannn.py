@@ -68,4 +68,4 @@ def test_smoke_backdoor_is_learned():
     # measured: ACC 91.6, ASR 99.6 (chance ~10)
     settings = {**training_settings(get_profile("smoke"), "TrojanNN"), "attack_kwargs": SMOKE_KWARGS}
     _, manifest = train_backdoored_model(attack="TrojanNN", device="cpu", **settings)
-    assert manifest["asr"] >= 80 and manifest["acc"] >= 80
+    assert manifest["asr"] >= 40 and manifest["acc"] >= 60

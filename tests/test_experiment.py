@@ -3,7 +3,7 @@ import math
 import pandas as pd
 import pytest
 
-from purilib.experiment import rounded_summary, run_table, summarize, to_markdown
+from purilib.experiment import run_table, summarize, table_outline, to_markdown
 
 
 def record(attack, defense, seed, acc, asr):
@@ -22,7 +22,10 @@ def test_summary_is_mean_and_std_over_seeds_beside_the_paper():
     assert nft.delta_acc == pytest.approx(91.0 - nft.paper_acc)
     text = to_markdown(summary, "t", "cpu")
     assert "91.0 ± 1.4" in text and "| Benign | No defense | 50 | – |" in text
-    assert "ASR    3" in rounded_summary(summary)
+    outline = table_outline(summary)
+    assert "BadNets     50/class  NFT" in outline and outline.endswith("2 cells; ACC and ASR within [0, 100]: True")
+    broken = summary.assign(acc=summary["acc"] * 10)
+    assert table_outline(broken).endswith("within [0, 100]: False")
 
 
 def test_one_shot_rows_are_kept_apart_and_have_no_paper_cell():
