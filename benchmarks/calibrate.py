@@ -12,8 +12,8 @@ import ast
 from purilib.data import clean_subset
 from purilib.defenses import create_defense
 from purilib.metrics import evaluate
-from purilib.profiles import get_profile
-from purilib.training import load_training_data, train_backdoored_model
+from purilib.profiles import get_profile, training_settings
+from purilib.training import load_training_data, restore_attack, train_backdoored_model
 
 
 def literal(text):
@@ -31,12 +31,13 @@ def main():
     parser.add_argument("--profile", default="cpu")
     args = parser.parse_args()
     profile = get_profile(args.profile)
-    training = dict(profile.training)
+    training = training_settings(profile, args.attack)  # the tables' recipe: the same cached model
     for item in args.overrides:
         key, value = item.split("=", 1)
         training[key] = literal(value)
     model, manifest = train_backdoored_model(attack=args.attack, **training)
     train, _, test, attack, _, reserved = load_training_data(manifest["config"])
+    restore_attack(attack, manifest)
     clean = clean_subset(train, reserved, profile.clean_per_class, seed=0)
     print("before", {k: manifest[k] for k in ("acc", "asr", "ra") if k in manifest},
           f"train {manifest['train_seconds']} s", flush=True)
@@ -45,7 +46,8 @@ def main():
         overrides = {k: literal(v) for k, v in (s.split("=", 1) for s in settings)}
         defense = create_defense(name, bf16=profile.bf16, **overrides)
         result = evaluate(defense.purify(model, clean), test, attack, bf16=profile.bf16)
-        print(spec, {k: round(v, 2) for k, v in result.items()}, f"{defense.stats['seconds']:.0f} s", flush=True)
+        stats = {k: v for k, v in defense.stats.items() if k != "seconds"}
+        print(spec, {k: round(v, 2) for k, v in result.items()}, f"{defense.stats['seconds']:.0f} s", stats, flush=True)
 
 
 if __name__ == "__main__":
