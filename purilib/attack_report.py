@@ -62,6 +62,13 @@ def to_markdown(frame: pd.DataFrame, profile: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mixed_subset(test, size=1000, seed=0):
+    """A seeded random subset: a real test set is stored class by class, so its first images are all of
+    class 0 (a composite attack such as CBA needs images of its source classes)."""
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+    return test.subset(order[:min(size, len(test))])
+
+
 def gallery(attacks, profile="smoke", seed=0, device="auto", data_root=None, cache_dir=None, image_index=0,
             amplify=5.0):
     """Figure: per attack (a column), a clean test image, its triggered version and |difference| x amplify."""
@@ -75,7 +82,7 @@ def gallery(attacks, profile="smoke", seed=0, device="auto", data_root=None, cac
         try:
             triggered = attack.apply_trigger(clean[None])[0]
         except (NotImplementedError, ValueError):  # no per-image trigger (CBA composes two images)
-            triggered = attack.triggered_test_set(test.subset(torch.arange(min(len(test), 200))))[0][image_index]
+            triggered = attack.triggered_test_set(mixed_subset(test))[0][image_index]
             clean = None
         difference = None if clean is None else \
             ((triggered.float() - clean.float()).abs() * amplify).clamp(0, 255).to(torch.uint8)

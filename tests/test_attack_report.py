@@ -1,7 +1,9 @@
 """The attack suite's table and gallery on the smoke profile (models cached per test session)."""
 import matplotlib
+import torch
 
 from purilib import attack_report
+from purilib.data import ImageSet
 from purilib.profiles import get_profile
 
 matplotlib.use("Agg")
@@ -24,3 +26,9 @@ def test_gallery_has_three_rows_per_attack():
     difference = figure.axes[4].images[0].get_array()
     assert difference[-size:, -size:].any()
     assert not difference[:-size, :].any() and not difference[:, :-size].any()
+
+
+def test_the_composite_gallery_column_draws_from_every_class_of_a_class_sorted_test_set():
+    sorted_by_class = ImageSet(torch.zeros(2000, 3, 32, 32, dtype=torch.uint8), torch.arange(10).repeat_interleave(200))
+    subset = attack_report.mixed_subset(sorted_by_class)
+    assert len(subset) == 1000 and set(subset.labels.tolist()) == set(range(10))
