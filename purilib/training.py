@@ -123,16 +123,18 @@ def restore_attack(attack, manifest, cache_dir=None):
 
 
 def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"):
-    """The training loop.  ``checkpoint``: path of a resumable per-epoch state."""
+    """The training loop; returns its wall seconds, those of an interrupted run it resumed included.
+    ``checkpoint``: path of a resumable per-epoch state."""
     # weight decay on every parameter, BN included, as in the seed papers' training scripts
     optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
                                 nesterov=config["nesterov"], weight_decay=config["weight_decay"])
-    start_epoch = 0
+    start_epoch, seconds_before = 0, 0.0
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
+        seconds_before = float(state.get("seconds", 0.0))
         if attack is not None and state.get("attack"):
             attack.load_state_dict(state["attack"])
     images, labels = train.images.to(device), train.labels.to(device)
@@ -140,6 +142,7 @@ def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"
     if steps_per_epoch == 0:
         raise ValueError(f"{len(labels)} training images are fewer than one batch of {config['batch_size']}")
     model.to(device).train()
+    start = time.time()
     bar = progress(range(start_epoch, config["epochs"]), desc=desc, initial=start_epoch, total=config["epochs"])
     for epoch in bar:
         g = torch.Generator().manual_seed(config["seed"] * 100_003 + epoch)  # resumable: no hidden RNG state
@@ -164,9 +167,10 @@ def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"
         if checkpoint is not None:
             attack_state = attack.state_dict() if attack is not None and attack.controls_training else {}
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                        "attack": attack_state}, checkpoint.with_name("partial.tmp"))
+                        "attack": attack_state, "seconds": seconds_before + time.time() - start},
+                       checkpoint.with_name("partial.tmp"))
             checkpoint.with_name("partial.tmp").replace(checkpoint)
-    return model
+    return seconds_before + time.time() - start
 
 
 def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrain=False, **overrides):
@@ -194,10 +198,8 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
         restore_attack(attack, manifest, cache_dir)
         return model.to(device), manifest
     folder.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    fit(model, train_part, config, device, checkpoint=folder / "partial.pt", attack=attack,
-        desc=f"train {config['attack']} {config['model']}x{config['width']}")
-    seconds = time.time() - start
+    seconds = fit(model, train_part, config, device, checkpoint=folder / "partial.pt", attack=attack,
+                  desc=f"train {config['attack']} {config['model']}x{config['width']}")
     metrics = evaluate(model, test, attack, device=device, bf16=config["bf16"])
     manifest = {"key": key, "config": key_config, "code_version": code_version(), "device": device,
                 "train_seconds": round(seconds, 1), "num_train": len(train_part),

@@ -49,9 +49,12 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         training.train_backdoored_model(attack="Blend", cache_dir=tmp_path / "b", device="cpu", **TINY)
     partial = list((tmp_path / "b" / "models").glob("*/partial.pt"))
-    assert len(partial) == 1 and torch.load(partial[0], weights_only=True)["epoch"] == 1
+    first_epoch = torch.load(partial[0], weights_only=True)
+    assert len(partial) == 1 and first_epoch["epoch"] == 1 and first_epoch["seconds"] > 0
     monkeypatch.setattr(training, "progress", real_progress)
-    resumed, _ = training.train_backdoored_model(attack="Blend", cache_dir=tmp_path / "b", device="cpu", **TINY)
+    resumed, manifest = training.train_backdoored_model(attack="Blend", cache_dir=tmp_path / "b", device="cpu",
+                                                        **TINY)
+    assert manifest["train_seconds"] >= round(first_epoch["seconds"], 1)  # the interrupted epoch's time counts
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
 
