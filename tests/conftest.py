@@ -1,4 +1,4 @@
-"""Fixtures shared by the defense tests."""
+"""Fixtures shared by the defense tests (a module may build on one by requesting it under the same name)."""
 import pytest
 import torch
 

@@ -3,20 +3,17 @@ import copy
 import pytest
 import torch
 
-from purilib.data import create_dataset
 from purilib.defenses import create_defense
 from purilib.defenses.anp import batchnorm_layers, noise_ascent_step, prune_at_rates, prune_neurons, select_neurons
-from purilib.models import create_model
 
 
 @pytest.fixture(scope="module")
-def model_and_clean():
-    torch.manual_seed(0)
-    model = create_model("preact_resnet18", width=0.125)
+def model_and_clean(model_and_clean):
+    model, clean = model_and_clean  # tests/conftest.py's tiny model
     for bn in batchnorm_layers(model).values():  # nonzero, spread BN weights so pruning is visible
         bn.weight.data.uniform_(0.5, 1.5)
         bn.bias.data.uniform_(-0.5, 0.5)
-    return model, create_dataset("synthetic", "train", num_train=100)
+    return model, clean
 
 
 def random_masks(model, seed=1):

@@ -3,17 +3,14 @@ import math
 import pytest
 import torch
 
-from purilib.data import create_dataset
 from purilib.defenses import create_defense, purify
 from purilib.defenses.nft import block_batchnorms
 from purilib.models import create_model
 
 
 @pytest.fixture(scope="module")
-def model_and_clean():
-    torch.manual_seed(0)
-    model = create_model("preact_resnet18", width=0.125)
-    clean = create_dataset("synthetic", "train", num_train=100)
+def model_and_clean(model_and_clean):
+    model, clean = model_and_clean  # tests/conftest.py's tiny model
     # give BN weights spread so masking them is visible
     for bn in block_batchnorms(model):
         bn.weight.data.uniform_(0.5, 1.5)

@@ -4,19 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from purilib.data import create_dataset
 from purilib.defenses import create_defense
 from purilib.defenses.anp import batchnorm_layers, select_neurons
-from purilib.models import create_model
 
 
 @pytest.fixture(scope="module")
-def model_and_clean():
-    torch.manual_seed(0)
-    model = create_model("preact_resnet18", width=0.125)
+def model_and_clean(model_and_clean):
+    model, clean = model_and_clean  # tests/conftest.py's tiny model
     for bn in batchnorm_layers(model).values():  # nonzero, spread BN weights so pruning is visible
         bn.weight.data.uniform_(0.5, 1.5)
-    return model, create_dataset("synthetic", "train", num_train=100)
+    return model, clean
 
 
 def clean_loss(model, clean):
