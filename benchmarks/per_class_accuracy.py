@@ -27,7 +27,8 @@ def main():
         model, manifest, attack, test = backdoored(name, profile, 0, device)
         predicted = predict(model, test.images, device=device, bf16=profile.bf16).cpu()
         labels = test.labels
-        per_class = 100 * torch.bincount(labels[predicted == labels], minlength=10) / torch.bincount(labels, minlength=10)
+        hits = torch.bincount(labels[predicted == labels], minlength=test.num_classes)
+        per_class = 100 * hits / torch.bincount(labels, minlength=test.num_classes)
         target = getattr(attack, "target", None)
         target = 0 if target is None else target  # the benign model: compare with the tables' target class 0
         others = [a for c, a in enumerate(per_class.tolist()) if c != target]

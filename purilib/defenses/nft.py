@@ -88,9 +88,9 @@ class NFT(Defense):
         for p in model.parameters():
             p.requires_grad_(False)
         layers = block_batchnorms(model)
-        if c["mask_final_bn"]:
-            last = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)][-1:]
-            layers += [m for m in last if m not in layers]
+        every_bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if c["mask_final_bn"] and every_bn and every_bn[-1] not in layers:
+            layers.append(every_bn[-1])
         if not layers:
             raise ValueError("NFT needs a network with BatchNorm layers inside its blocks")
         for bn in layers:
