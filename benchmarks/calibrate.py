@@ -3,7 +3,8 @@
     python benchmarks/calibrate.py ATTACK DEFENSE[:key=value...][,DEFENSE...] [--profile cpu] [training_key=value ...]
 
 e.g. ``python benchmarks/calibrate.py BadNets NFT,FT width=0.125 epochs=30`` or
-``python benchmarks/calibrate.py BadNets NFT:steps=3000``.  Values are Python
+``python benchmarks/calibrate.py BadNets NFT:steps=3000``; an empty DEFENSE ("") only trains
+the model, e.g. ``python benchmarks/calibrate.py BPPA "" "attack_kwargs={'neg_ratio': 0.0}"``.  Values are Python
 literals.  Used to choose the ``cpu`` profile; see the issue notes for results.
 """
 import argparse
@@ -41,7 +42,7 @@ def main():
     clean = clean_subset(train, reserved, profile.clean_per_class, seed=0)
     print("before", {k: manifest[k] for k in ("acc", "asr", "ra") if k in manifest},
           f"train {manifest['train_seconds']} s", flush=True)
-    for spec in args.defenses.split(","):
+    for spec in filter(None, args.defenses.split(",")):
         name, *settings = spec.split(":")
         overrides = {k: literal(v) for k, v in (s.split("=", 1) for s in settings)}
         defense = create_defense(name, bf16=profile.bf16, **overrides)
