@@ -36,6 +36,8 @@ rotation is replaced by the fit loop's crop + flip; poisoned images are the
 first ones of each shuffled batch, target-class images included, as there.
 Profiles: nothing is expensive with residual negatives; with adversarial ones
 ``pgd_steps`` is the budget (a forward + backward pass over the negatives each).
+The cpu profile uses BackdoorBench's trigger (8 levels, no dithering): the 32
+dithered levels are not learned in its 12 epochs (the authors' code trains 1000).
 """
 import functools
 
