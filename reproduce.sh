@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate a paper table by executing its notebook with papermill.
 #
-#   ./reproduce.sh TABLE [--profile smoke|cpu|paper] [--seeds N] [--device auto|cpu|cuda] [--data-root DIR]
-#                        [--attacks A,B,...] [--defenses X,Y,...] [--clean-per-class K]
+#   ./reproduce.sh TABLE [--profile smoke|cpu|gpu|paper] [--seeds N] [--device auto|cpu|cuda] [--data-root DIR]
+#                        [--attacks A,B,...] [--defenses X,Y,...] [--clean-per-class K] [--from-records]
 #   ./reproduce.sh --list
 #
 # TABLE is a table id (nft-table1) or a table number (table1: Table 1 of every
@@ -12,18 +12,20 @@
 # (one that already has purilib and papermill installed).  PURILIB_RESULTS_DIR
 # moves the results folder; PURILIB_DATA_ROOT / --data-root says where CIFAR-10 is.
 # --attacks / --defenses run part of the grid (names as in --list); --clean-per-class
-# gives every defense K clean images per class (1: one-shot; default: the profile's).
+# gives every defense K clean images per class (1: one-shot; default: the profile's).  --from-records
+# trains nothing: it tabulates the records already in the results folder (e.g. made on a GPU machine).
 set -euo pipefail
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }  # against the caller's directory
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 as_json_list() { local IFS=,; local items=($1) out="" item; for item in "${items[@]}"; do out+="${out:+, }\"$item\""; done; echo "[$out]"; }
 
 table="" profile="smoke" seeds=1 device="auto" data_root="${PURILIB_DATA_ROOT:-}" list=0 attacks="" defenses=""
-clean_per_class=""
+clean_per_class="" from_records=False
 while [ $# -gt 0 ]; do
   case "$1" in
     --list) list=1 ;;
+    --from-records) from_records=True ;;
     --profile) profile="${2:?--profile needs a value}"; shift ;;
     --seeds) seeds="${2:?--seeds needs a value}"; shift ;;
     --device) device="${2:?--device needs a value}"; shift ;;
@@ -72,6 +74,7 @@ while read -r table_id notebook; do
   [ -z "$attacks" ] || params+=(-y "{\"attacks\": $(as_json_list "$attacks")}")
   [ -z "$defenses" ] || params+=(-y "{\"defenses\": $(as_json_list "$defenses")}")
   [ -z "$clean_per_class" ] || params+=(-p clean_per_class "$clean_per_class")
+  [ "$from_records" = False ] || params+=(-p from_records True)
   PURILIB_PROGRESS="${PURILIB_PROGRESS:-1}" "$python" -m papermill "notebooks/$notebook" "$out/$notebook" \
     "${params[@]}" --cwd notebooks --log-output --kernel python3
   echo "== $table_id done in $(( $(date +%s) - start )) s: $out/table.md" >&2

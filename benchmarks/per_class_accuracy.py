@@ -13,7 +13,7 @@ import torch
 from purilib.attack_report import backdoored
 from purilib.metrics import predict
 from purilib.profiles import get_profile
-from purilib.provenance import resolve_device
+from purilib.devices import resolve_device
 
 
 def main():

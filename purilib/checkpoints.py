@@ -25,26 +25,63 @@ def save_weights(model_or_state, path) -> None:
     partial.replace(path)  # atomic: an interrupt never leaves a truncated checkpoint
 
 
+class CheckpointError(ValueError):
+    pass
+
+
 def load_weights(path) -> dict:
-    """A state dict from a ``.safetensors`` file or a plain ``torch.save``d state dict."""
+    """A state dict from a ``.safetensors`` file or a plain ``torch.save``d state dict; the common
+    third-party wrappings are undone: ``{"model"|"state_dict"|"net": state}`` and the ``module.``
+    prefix that DataParallel / DistributedDataParallel add."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at '{path}'")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise UnsafeCheckpointError(
-            f"'{path}' holds pickled objects other than tensors; refusing to load it "
-            f"(it could run code). Re-save it as a plain state dict or safetensors. ({error})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+        try:
+            state = load_file(str(path))
+        except Exception as error:  # noqa: BLE001  safetensors raises its own types, without the path
+            raise CheckpointError(f"'{path}' is not a readable safetensors file ({error})") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise UnsafeCheckpointError(
+                f"'{path}' holds pickled objects other than tensors; refusing to load it "
+                f"(it could run code). Re-save it as a plain state dict or safetensors. ({error})") from None
+        except (RuntimeError, EOFError, OSError) as error:
+            raise CheckpointError(f"'{path}' is not a readable torch checkpoint ({error})") from None
+        for wrapper in ("state_dict", "model", "net"):
+            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+                break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UnsafeCheckpointError(f"'{path}' is not a state dict of tensors")
+    for prefix in ("module.", "_orig_mod."):  # DataParallel / DDP, torch.compile
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
     return state
 
 
-def load_model(model: torch.nn.Module, path) -> torch.nn.Module:
-    model.load_state_dict(load_weights(path))
+def load_model(model: torch.nn.Module, path, normalization=None) -> torch.nn.Module:
+    """Load ``path`` into ``model``.  purilib's models normalise their input themselves (a first
+    ``normalize`` layer, CIFAR-10 statistics); a third-party checkpoint has no such buffers: say
+    what its inputs were normalised with, ``normalization=(mean, std)`` (per channel, for images in
+    [0, 1]), or ``normalization="none"``."""
+    state = load_weights(path)
+    buffers = [k for k in model.state_dict() if k.endswith(("normalize.mean", "normalize.std"))]
+    missing = [k for k in buffers if k not in state]
+    if missing:
+        if normalization is None:
+            raise CheckpointError(
+                f"'{path}' has no input normalisation ({', '.join(missing)}): pass normalization=(mean, std), "
+                "the per-channel statistics its images were normalised with, or normalization='none'")
+        mean, std = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)) if normalization == "none" else normalization
+        reference = model.state_dict()
+        for key in missing:
+            values = mean if key.endswith("mean") else std
+            state[key] = torch.as_tensor(values, dtype=reference[key].dtype, device="cpu").view_as(reference[key])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"'{path}' does not fit this model: {error}") from None
     return model

@@ -135,7 +135,9 @@ def _find_cifar10(root: Path, download: bool):
         "cifar10*.tar.gz of that tree; or pass download=True where a network is available.")
 
 
-def load_cifar10(split: str, data_root=None, download=False, cache_dir=None) -> ImageSet:
+def load_cifar10(split: str, data_root=None, download=False, cache_dir=None, per_class=None) -> ImageSet:
+    """CIFAR-10's ``split``; ``per_class``: only that many images of each class (a fixed,
+    class-balanced subset: quick checks, not tables)."""
     root = settings.data_root(data_root)
     kind, path = _find_cifar10(root, download)
     stat = path.stat()
@@ -150,7 +152,8 @@ def load_cifar10(split: str, data_root=None, download=False, cache_dir=None) -> 
         np.savez(partial, **{f"{s}_{k}": arrays[s][i] for s in arrays for i, k in enumerate(("x", "y"))})
         partial.rename(cached)  # atomic: an interrupted decode leaves no half file behind
     with np.load(cached) as arrays:
-        return ImageSet(torch.from_numpy(arrays[f"{split}_x"]), torch.from_numpy(arrays[f"{split}_y"]))
+        images = ImageSet(torch.from_numpy(arrays[f"{split}_x"]), torch.from_numpy(arrays[f"{split}_y"]))
+    return images if per_class is None else images.subset(class_balanced_split(images.labels, per_class, 0)[0])
 
 
 # ---------------------------------------------------------------- synthetic
@@ -163,17 +166,17 @@ def load_synthetic(split: str, num_train=5000, num_test=1000, contrast=0.5, nois
     seconds but not trivially.  No file is read.
     """
     g = torch.Generator().manual_seed(seed)
-    templates = 0.5 + contrast * (torch.rand(10, 3, 4, 4, generator=g) - 0.5)
+    templates = 0.5 + contrast * (torch.rand(10, 3, 4, 4, generator=g, device=g.device) - 0.5)
     templates = torch.nn.functional.interpolate(templates, size=(40, 40), mode="bilinear", align_corners=False)
     n = num_train if split == "train" else num_test
     g = torch.Generator().manual_seed(seed + (1 if split == "train" else 2))
-    labels = torch.arange(n) % 10
-    labels = labels[torch.randperm(n, generator=g)]
-    shifts = torch.randint(0, 9, (n, 2), generator=g)
+    labels = torch.arange(n, device="cpu") % 10
+    labels = labels[torch.randperm(n, generator=g, device=g.device)]
+    shifts = torch.randint(0, 9, (n, 2), generator=g, device=g.device)
     images = torch.stack([templates[c, :, dy:dy + 32, dx:dx + 32] for c, (dy, dx) in zip(labels.tolist(), shifts.tolist())])
-    smooth_noise = torch.nn.functional.interpolate(torch.randn(n, 3, 8, 8, generator=g), size=(32, 32), mode="bilinear",
+    smooth_noise = torch.nn.functional.interpolate(torch.randn(n, 3, 8, 8, generator=g, device=g.device), size=(32, 32), mode="bilinear",
                                                    align_corners=False)
-    images = 0.5 + (images - 0.5) * (0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=g)) + noise * smooth_noise
+    images = 0.5 + (images - 0.5) * (0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=g, device=g.device)) + noise * smooth_noise
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     return ImageSet(images, labels.long())
 
@@ -198,9 +201,9 @@ def class_balanced_split(labels: torch.Tensor, per_class: int, seed: int):
         idx = (labels == c).nonzero().flatten()
         if len(idx) < per_class:
             raise ValueError(f"class {c} has {len(idx)} images, fewer than the {per_class} asked for")
-        picked.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+        picked.append(idx[torch.randperm(len(idx), generator=g, device=g.device)[:per_class]])
     picked = torch.cat(picked).sort().values
-    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
     mask[picked] = False
     return picked, mask.nonzero().flatten()
 

@@ -23,7 +23,8 @@ from .data import clean_subset
 from .defenses import NO_DEFENSE, create_defense
 from .metrics import defense_effectiveness_rating, evaluate
 from .profiles import defense_overrides, get_profile, training_settings
-from .provenance import code_version, resolve_device
+from .devices import device_name, resolve_device
+from .provenance import code_version
 from .tables import get_table, published
 from .training import load_training_data, restore_attack, train_backdoored_model
 
@@ -42,9 +43,12 @@ def _check_names(requested, allowed, kind, table):
 
 
 def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, device="auto",
-              data_root=None, cache_dir=None, output_dir=None, progress=True, clean_per_class=None) -> pd.DataFrame:
+              data_root=None, cache_dir=None, output_dir=None, progress=True, clean_per_class=None,
+              from_records=False) -> pd.DataFrame:
     """Run the grid; ``clean_per_class`` (default: the profile's, 50 = the papers' 1%) sets how many
-    clean images of each class every defense gets: 1 is the one-shot setting."""
+    clean images of each class every defense gets: 1 is the one-shot setting.  ``from_records``:
+    train and run nothing, tabulate the records already in ``output_dir`` (made on another machine,
+    a GPU one say); each must match the requested cell's training recipe and defense settings."""
     table, prof = get_table(table_id), get_profile(profile)
     clean_per_class = prof.clean_per_class if clean_per_class is None else clean_per_class
     if not (isinstance(clean_per_class, int) and clean_per_class >= 1):
@@ -55,8 +59,10 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     _check_names(defenses, table.defenses, "defenses", table)
     if not (isinstance(seeds, int) and seeds >= 1):
         raise ValueError(f"seeds must be a positive integer, not {seeds!r}")
-    device = resolve_device(device)
     out = output_dir_for(table_id, profile, output_dir)
+    if from_records:
+        return _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out)
+    device = resolve_device(device)
     (out / "records").mkdir(parents=True, exist_ok=True)
     records = []
     for seed in range(seeds):
@@ -75,11 +81,44 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     return pd.DataFrame(records)
 
 
+def record_path(out, prof, attack_name, defense_name, seed, per_class) -> Path:
+    shots = "" if per_class == prof.clean_per_class else f"__{per_class}per_class"
+    return out / "records" / f"{attack_name}__{defense_name.replace(' ', '_')}__seed{seed}{shots}.json"
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value, default=float))
+
+
+def _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out) -> pd.DataFrame:
+    """The records of the requested cells, checked against the recipe they should have been made with."""
+    records, missing = [], []
+    for seed in range(seeds):
+        for attack_name in attacks:
+            recipe = _as_json(training_settings(prof, attack_name))
+            for defense_name in defenses:
+                path = record_path(out, prof, attack_name, defense_name, seed, clean_per_class)
+                settings = {} if defense_name == NO_DEFENSE else _as_json(create_defense(
+                    defense_name, device="cpu", seed=seed, **defense_overrides(prof, defense_name)).config)
+                record = json.loads(path.read_text()) if path.exists() else None
+                if record is None:
+                    missing.append(f"{attack_name} x {defense_name} (seed {seed}): no record")
+                elif any(record["training_config"].get(k) != v for k, v in recipe.items()):
+                    missing.append(f"{attack_name} x {defense_name} (seed {seed}): made with another recipe")
+                elif record.get("defense_config") != settings:
+                    missing.append(f"{attack_name} x {defense_name} (seed {seed}): made with other settings")
+                else:
+                    records.append(record)
+    if missing:
+        raise ValueError(f"{table.id} ({prof.name}) from records: {len(missing)} cells cannot be tabulated: "
+                         + "; ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    return pd.DataFrame(records)
+
+
 def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manifest, clean, test, before,
               device, out, progress):
     per_class = len(clean) // clean.num_classes
-    shots = "" if per_class == prof.clean_per_class else f"__{per_class}per_class"
-    path = out / "records" / f"{attack_name}__{defense_name.replace(' ', '_')}__seed{seed}{shots}.json"
+    path = record_path(out, prof, attack_name, defense_name, seed, per_class)
     overrides = {} if defense_name == NO_DEFENSE else defense_overrides(prof, defense_name)
     defense = None
     if defense_name != NO_DEFENSE:
@@ -106,7 +145,7 @@ def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manif
         "acc_before": before["acc"], "asr_before": before.get("asr", np.nan), "seconds": round(seconds, 2),
         "trainable_params": trainable, "overrides": overrides, **identity,
         "clean_images": len(clean), "clean_per_class": per_class, "training_config": manifest["config"],
-        "code_version": code_version(), "torch": torch.__version__, "device": device,
+        "code_version": code_version(), "torch": torch.__version__, "device": device, "device_name": device_name(device),
         "host": platform.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_average_1min": round(os.getloadavg()[0], 2),  # wall seconds mean little on a busy machine
     }

@@ -24,7 +24,7 @@ def predict(model, images: torch.Tensor, batch_size=512, device="cpu", bf16=Fals
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             preds.append(model(x).argmax(1).cpu())
     model.train(was_training)
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device="cpu")
 
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:

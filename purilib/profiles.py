@@ -4,6 +4,9 @@
   seconds.  For tests and nbval: it checks that everything runs, not numbers.
 - ``cpu``: real CIFAR-10, PreAct-ResNet-18 at 1/4 width, a short converging
   schedule in bf16 autocast; minutes per cell on two CPU cores.
+- ``gpu``: real CIFAR-10, full-width PreAct-ResNet-18, the papers' SGD (0.1, momentum
+  0.9, weight decay 5e-4, batch 128) on a 40-epoch cosine schedule in bf16 autocast;
+  defenses at the papers' settings in fp32.  Minutes per model on one GPU.
 - ``paper``: the papers' settings (full-width PreAct-ResNet-18 trained as in the
   NFT authors' script: SGD 0.1, x0.1 at epochs 100 and 150 of 250); needs a GPU.
 
@@ -75,6 +78,18 @@ PROFILES = {
                                       detox_epochs=5),
                           "BPPA": dict(squeeze_num=8, dithering=False)},
         description="real CIFAR-10, PreAct-ResNet-18 at 1/4 width, short schedule, bf16 on CPU (minutes)"),
+    "gpu": Profile(
+        name="gpu",
+        # 23 epochs of this recipe reached ACC 88.7-89.0% on this JPEG CIFAR-10 copy (an H200, issue 10);
+        # 40 epochs are chosen to reach the papers' ~92%: not yet measured
+        training=dict(dataset="cifar10", model="preact_resnet18", width=1.0, epochs=40, batch_size=128,
+                      lr=0.1, momentum=0.9, schedule="cosine", warmup_epochs=1, weight_decay=5e-4, bf16=True),
+        clean_per_class=50, bf16=False,
+        # BPPA: BackdoorBench's 8-level trigger, as on the cpu profile (the authors' 32 dithered levels are
+        # taught in 1000 epochs; 12 did not teach them)
+        attack_overrides={"BPPA": dict(squeeze_num=8, dithering=False)},
+        description="real CIFAR-10, full PreAct-ResNet-18, 40 epochs cosine, bf16 training (minutes per model "
+                    "on one GPU)"),
     "paper": Profile(
         name="paper",
         training=dict(dataset="cifar10", model="preact_resnet18", width=1.0, epochs=250, batch_size=128,

@@ -18,7 +18,7 @@ class Table:
     attacks: tuple
     defenses: tuple
     reference_files: tuple
-    profiles: tuple = ("smoke", "cpu", "paper")
+    profiles: tuple = ("smoke", "cpu", "gpu", "paper")
 
 
 # the 14 attacks of NFT's Table 1 (and FIP's Tables), in the paper's row order

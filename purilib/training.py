@@ -32,10 +32,11 @@ from .attacks import AttackContext, create_attack
 from .augment import random_crop_flip
 from .checkpoints import load_weights, save_weights
 from .data import create_dataset, defense_split
+from .devices import device_name, fork_rng, generator, resolve_device
 from .metrics import evaluate
 from .models import create_model
 from .progress import progress
-from .provenance import code_version, config_key, resolve_device, seed_everything
+from .provenance import code_version, config_key, seed_everything
 
 TRAINING_FORMAT = 4  # bump when a change to this file alters what a given config trains
 
@@ -78,7 +79,7 @@ def _load_training_data(config_json, data_root, cache_dir, device):
     attack_idx, reserved = defense_split(train, config["reserve_fraction"], seed=0)
     attack = create_attack(config["attack"], seed=config["seed"], **config["attack_kwargs"])
     train_part = train.subset(attack_idx)
-    poison_idx = torch.empty(0, dtype=torch.long)
+    poison_idx = torch.empty(0, dtype=torch.long, device="cpu")
     if attack is not None:
         attack.context = AttackContext(device=device, bf16=config["bf16"], clean_model=functools.partial(
             _clean_model, config, data_root, cache_dir, device))
@@ -105,7 +106,7 @@ def _prepare_attack(attack, config, train_part, cache_dir):
         attack.load_state_dict(load_weights(folder / "state.safetensors"))
         return
     start = time.time()
-    with torch.random.fork_rng(devices=[]):
+    with fork_rng():
         seed_everything(config["seed"])
         attack.prepare(train_part, attack.context)
     save_weights(attack.state_dict(), folder / "state.safetensors")
@@ -122,12 +123,40 @@ def restore_attack(attack, manifest, cache_dir=None):
     return attack
 
 
-def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"):
+def _optimizer(model, config, device, fast):
+    """SGD with momentum and weight decay on every parameter (BN included, as in the seed papers'
+    training scripts); one fused kernel per step on a GPU."""
+    extra = {"fused": True} if fast and torch.device(device).type == "cuda" else {}
+    return torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
+                           nesterov=config["nesterov"], weight_decay=config["weight_decay"], **extra)
+
+
+def _compiled(model, device, compile):
+    """``torch.compile(model, mode="reduce-overhead")`` (CUDA graphs) on a GPU when ``compile`` is
+    True or "auto"; the model itself elsewhere, or where compilation is unavailable."""
+    wanted = compile is True or (compile == "auto" and torch.device(device).type == "cuda")
+    if not wanted:
+        return model
+    try:
+        return torch.compile(model, mode="reduce-overhead")
+    except Exception as error:  # noqa: BLE001 (an old torch, no compiler): the plain path
+        print(f"torch.compile unavailable ({type(error).__name__}: {error}); training uncompiled")
+        return model
+
+
+def fit(model, train, config, device, checkpoint=None, attack=None, desc="train", fast=True, compile="auto",
+        checkpoint_seconds=30.0):
     """The training loop; returns its wall seconds, those of an interrupted run it resumed included.
-    ``checkpoint``: path of a resumable per-epoch state."""
-    # weight decay on every parameter, BN included, as in the seed papers' training scripts
-    optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
-                                nesterov=config["nesterov"], weight_decay=config["weight_decay"])
+
+    The data set sits on the device; each epoch's order and augmentation are drawn there from a
+    generator seeded by (seed, epoch), so a resumed run draws what an uninterrupted one would.
+    The loss stays on the device and is read once per epoch.  ``compile`` ("auto": on CUDA) runs
+    the network through ``torch.compile``; if that fails at the first step, training goes on
+    uncompiled.  ``checkpoint``: path of a resumable state, written after the first epoch and
+    then at most every ``checkpoint_seconds``.  ``fast=False`` is the reference loop that
+    ``benchmarks/gpu_speed.py`` compares against: a host sync per step, random numbers drawn on
+    the CPU, no fused optimizer, no compilation (the same recipe)."""
+    optimizer = _optimizer(model, config, device, fast)
     start_epoch, seconds_before = 0, 0.0
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -138,45 +167,64 @@ def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"
         if attack is not None and state.get("attack"):
             attack.load_state_dict(state["attack"])
     images, labels = train.images.to(device), train.labels.to(device)
-    steps_per_epoch = len(labels) // config["batch_size"]
+    batch_size = config["batch_size"]
+    steps_per_epoch = len(labels) // batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(labels)} training images are fewer than one batch of {config['batch_size']}")
+        raise ValueError(f"{len(labels)} training images are fewer than one batch of {batch_size}")
     model.to(device).train()
-    start = time.time()
+    network = _compiled(model, device, compile) if fast else model
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=config["bf16"])
+    start = last_save = time.time()
     bar = progress(range(start_epoch, config["epochs"]), desc=desc, initial=start_epoch, total=config["epochs"])
     for epoch in bar:
-        g = torch.Generator().manual_seed(config["seed"] * 100_003 + epoch)  # resumable: no hidden RNG state
-        order = torch.randperm(len(labels), generator=g).to(device)
-        total_loss = 0.0
+        g = generator(config["seed"] * 100_003 + epoch, device if fast else "cpu")  # resumable: no hidden state
+        order = torch.randperm(len(labels), generator=g, device=g.device).to(device)
+        total_loss = torch.zeros((), device=device)
         for i in range(steps_per_epoch):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, epoch * steps_per_epoch + i, steps_per_epoch)
-            batch = order[i * config["batch_size"]:(i + 1) * config["batch_size"]]
+            batch = order[i * batch_size:(i + 1) * batch_size]
             x, y = images[batch], labels[batch]
             if attack is not None and attack.controls_training:
                 x, y = attack.training_batch(x, y, model, epoch=epoch, epochs=config["epochs"])
             x = random_crop_flip(x.float().div_(255), generator=g)
             x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=config["bf16"]):
-                loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                with autocast:
+                    loss = F.cross_entropy(network(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            except Exception as error:  # noqa: BLE001  compilation fails at the first call, if at all
+                if network is model or epoch != start_epoch or i != 0:
+                    raise
+                print(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); training uncompiled")
+                network = model
+                with autocast:
+                    loss = F.cross_entropy(network(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             optimizer.step()
-            total_loss += loss.item()
-        bar.set_postfix(loss=f"{total_loss / max(1, steps_per_epoch):.3f}")
-        if checkpoint is not None:
+            total_loss += loss.detach().float() if fast else loss.item()
+        bar.set_postfix(loss=f"{total_loss.item() / steps_per_epoch:.3f}")
+        done = epoch + 1 == config["epochs"]
+        if checkpoint is not None and not done and (epoch == start_epoch or time.time() - last_save >= checkpoint_seconds):
             attack_state = attack.state_dict() if attack is not None and attack.controls_training else {}
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                         "attack": attack_state, "seconds": seconds_before + time.time() - start},
                        checkpoint.with_name("partial.tmp"))
             checkpoint.with_name("partial.tmp").replace(checkpoint)
+            last_save = time.time()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)  # the seconds count the work, not its queueing
     return seconds_before + time.time() - start
 
 
-def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrain=False, **overrides):
+def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrain=False, compile="auto",
+                           **overrides):
     """Train (or load from cache) a model; return ``(model, manifest)``.
 
-    ``overrides`` are keys of ``DEFAULT_TRAINING``; an unknown key is an error.
+    ``overrides`` are keys of ``DEFAULT_TRAINING``; an unknown key is an error.  ``compile``: see
+    :func:`fit` (how the loop runs, not what it trains: not part of the cache key).
     """
     unknown = set(overrides) - set(DEFAULT_TRAINING)
     if unknown:
@@ -199,9 +247,10 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
         return model.to(device), manifest
     folder.mkdir(parents=True, exist_ok=True)
     seconds = fit(model, train_part, config, device, checkpoint=folder / "partial.pt", attack=attack,
-                  desc=f"train {config['attack']} {config['model']}x{config['width']}")
+                  desc=f"train {config['attack']} {config['model']}x{config['width']}", compile=compile)
     metrics = evaluate(model, test, attack, device=device, bf16=config["bf16"])
     manifest = {"key": key, "config": key_config, "code_version": code_version(), "device": device,
+                "device_name": device_name(device), "torch": torch.__version__,
                 "train_seconds": round(seconds, 1), "num_train": len(train_part),
                 "poison_indices": poison_idx.tolist(), "reserved_indices": reserved.tolist(),
                 **{k: round(v, 2) for k, v in metrics.items()}}

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from purilib.defenses import create_defense
-from purilib.defenses.anp import batchnorm_layers, noise_ascent_step, prune_at_rates, prune_neurons, select_neurons
+from purilib.layers import batchnorms as batchnorm_layers
+from purilib.defenses.anp import noise_ascent_step, prune_at_rates, prune_neurons, select_neurons
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from purilib.attacks import AttackContext, create_attack
-from purilib.attacks.trojannn import classifier_layer
+from purilib.layers import classifier_of as classifier_layer
 from purilib.data import create_dataset
 from purilib.profiles import get_profile, training_settings
 from purilib.training import train_backdoored_model

@@ -78,3 +78,13 @@ def test_poisoned_images_are_disjoint_from_the_defense_pool():
 def test_bad_attack_settings_are_refused_clearly(name, kwargs, message):
     with pytest.raises(ValueError, match=message):
         create_attack(name, **kwargs)
+
+
+def test_ssim_is_one_for_identical_images_and_falls_with_noise():
+    from purilib.attacks.base import ssim
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=g)
+    noisy = (x + 0.3 * torch.randn(2, 3, 32, 32, generator=g)).clamp(0, 1)
+    for kwargs in ({}, {"window": 5, "same_size": True}):  # ISSBA's and FBA's windows
+        assert ssim(x, x, **kwargs).item() == pytest.approx(1.0, abs=1e-5)
+        assert ssim(x, noisy, **kwargs).item() < 0.9

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from purilib.data import ImageSet
 from purilib.defenses import create_defense, purify
 from purilib.defenses.nft import block_batchnorms
 from purilib.models import create_model
@@ -78,3 +79,21 @@ def test_purify_leaves_the_global_rng_alone(model_and_clean):
     torch.manual_seed(123)
     purify(model, clean, method="FT", steps=1, batch_size=4, device="cpu", progress=False)
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: ImageSet(s.images.float() / 255, s.labels), "uint8"),
+    (lambda s: ImageSet(s.images.permute(0, 2, 3, 1).contiguous(), s.labels), "channels last"),
+    (lambda s: ImageSet(s.images[:, :1], s.labels), "3 channels"),
+    (lambda s: ImageSet(torch.nn.functional.interpolate(s.images.float(), size=64).to(torch.uint8), s.labels),
+     "32x32"),
+    (lambda s: ImageSet(s.images, s.labels[:50]), "one label per image"),
+    (lambda s: ImageSet(s.images, s.labels + 10), r"\[0, 10\)"),
+    (lambda s: ImageSet(s.images, s.labels.float()), "integer"),
+    (lambda s: ImageSet(s.images[:0], s.labels[:0]), "empty"),
+    (lambda s: (s.images, s.labels), "ImageSet"),
+])
+def test_purify_refuses_clean_data_it_would_misread(model_and_clean, change, message):
+    model, clean = model_and_clean
+    with pytest.raises((ValueError, TypeError), match=message):
+        purify(model, change(clean), method="FT", steps=1, batch_size=4, device="cpu", progress=False)

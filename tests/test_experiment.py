@@ -48,3 +48,27 @@ def test_run_table_refuses_names_outside_the_table(tmp_path):
         run_table("nft-table1", seeds=0, output_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown table"):
         run_table("fip-table9", output_dir=tmp_path)
+
+
+def test_a_table_renders_from_its_records_without_training(tmp_path, monkeypatch):
+    """Records made elsewhere (a GPU machine) are tabulated without any model: nothing is trained."""
+    import json
+
+    import purilib.experiment as experiment
+    grid = dict(attacks=["BadNets"], defenses=["No defense", "FT"], output_dir=tmp_path / "out",
+                cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    made = run_table("defenses", **grid)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although every record exists")
+    monkeypatch.setattr(experiment, "train_backdoored_model", no_training)
+    again = run_table("defenses", from_records=True, **grid)
+    assert again[["attack", "defense", "acc", "asr"]].equals(made[["attack", "defense", "acc", "asr"]])
+    with pytest.raises(ValueError, match="NFT.*no record"):
+        run_table("defenses", from_records=True, **{**grid, "defenses": ["NFT"]})
+    path = next((tmp_path / "out" / "records").glob("BadNets__FT__*.json"))
+    record = json.loads(path.read_text())
+    record["defense_config"]["lr"] = 0.5
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="other settings"):
+        run_table("defenses", from_records=True, **grid)

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from purilib.defenses import create_defense
-from purilib.defenses.anp import batchnorm_layers, select_neurons
+from purilib.layers import batchnorms as batchnorm_layers
+from purilib.defenses.anp import select_neurons
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,10 @@ class BadNets(Attack):
         if not 0 < opacity <= 1:
             raise ValueError(f"opacity must be in (0, 1], not {opacity}")
         self.size, self.opacity = size, opacity
-        checker = (torch.arange(size)[:, None] + torch.arange(size)[None, :] + 1) % 2
-        self.pattern = torch.zeros(3, 32, 32)
+        checker = (torch.arange(size, device="cpu")[:, None] + torch.arange(size, device="cpu")[None, :] + 1) % 2
+        self.pattern = torch.zeros(3, 32, 32, device="cpu")
         self.pattern[:, -size:, -size:] = 255.0 * checker
-        self.mask = torch.zeros(1, 32, 32)
+        self.mask = torch.zeros(1, 32, 32, device="cpu")
         self.mask[:, -size:, -size:] = 1.0
 
     def config(self):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from ..data import ImageSet
 
@@ -72,20 +73,20 @@ class Attack:
         """Images the attack may poison (training) or is scored on (test)."""
         if self.mode == "all2one":
             return (labels != self.target).nonzero().flatten()
-        return torch.arange(len(labels))
+        return torch.arange(len(labels), device=labels.device)
 
     def poison_indices(self, labels: torch.Tensor) -> torch.Tensor:
         """``poison_rate`` of the eligible training images, chosen by ``seed``."""
         eligible = self.eligible(labels)
         g = torch.Generator().manual_seed(self.seed)
         count = int(self.poison_rate * len(eligible))
-        return eligible[torch.randperm(len(eligible), generator=g)[:count]].sort().values
+        return eligible[torch.randperm(len(eligible), generator=g, device=g.device)[:count]].sort().values
 
     def poison_train_set(self, train: ImageSet):
         """Return (poisoned copy of ``train``, indices of the poisoned images).
         An attack that controls training poisons batches on the fly: the set stays clean."""
         if self.controls_training:
-            return train, torch.empty(0, dtype=torch.long)
+            return train, torch.empty(0, dtype=torch.long, device="cpu")
         index = self.poison_indices(train.labels)
         images, labels = train.images.clone(), train.labels.clone()
         images[index] = self.apply_trigger(images[index])
@@ -117,8 +118,33 @@ class Attack:
         return images, labels
 
 
+def ssim(a: torch.Tensor, b: torch.Tensor, window=7, sigma=1.5, same_size=False) -> torch.Tensor:
+    """Mean structural similarity of two image batches in [0, 1] (Gaussian window, per channel);
+    ``same_size``: zero-pad so every pixel is a window centre (else only full windows count)."""
+    coords = torch.arange(window, dtype=a.dtype, device=a.device) - window // 2
+    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(a.shape[1], 1, window, window)
+
+    def blur(t):
+        return F.conv2d(t, kernel, padding=window // 2 if same_size else 0, groups=a.shape[1])
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    return (((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))).mean()
+
+
+def map_chunks(images: torch.Tensor, fn, device, batch_size=256) -> torch.Tensor:
+    """Apply ``fn`` (float images in 0..255 units on ``device`` -> the same) to uint8 ``images``, a chunk
+    at a time where the attack's networks are; the result is uint8, on the images' own device."""
+    out = [fn(b.to(device).float()).round().clamp(0, 255).to(torch.uint8).to(images.device)
+           for b in images.split(batch_size)]
+    return torch.cat(out) if out else images.clone()
+
+
 def blend(images: torch.Tensor, pattern: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
     """x' = (1 - m) x + m ((1 - alpha) x + alpha p), computed on uint8 images."""
     x = images.float()
-    mixed = (1 - mask) * x + mask * ((1 - alpha) * x + alpha * pattern.float())
+    pattern, mask = pattern.to(x.device).float(), mask.to(x.device)
+    mixed = (1 - mask) * x + mask * ((1 - alpha) * x + alpha * pattern)
     return mixed.round().clamp(0, 255).to(torch.uint8)

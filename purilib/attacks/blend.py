@@ -22,8 +22,8 @@ class Blend(Attack):
             raise ValueError(f"alpha must be in (0, 1), not {alpha}")
         self.alpha, self.pattern_seed = alpha, pattern_seed
         g = torch.Generator().manual_seed(pattern_seed)
-        self.pattern = torch.randint(0, 256, (3, 32, 32), generator=g).float()
-        self.mask = torch.ones(1, 32, 32)
+        self.pattern = torch.randint(0, 256, (3, 32, 32), generator=g, device=g.device).float()
+        self.mask = torch.ones(1, 32, 32, device="cpu")
 
     def config(self):
         return {**super().config(), "alpha": self.alpha, "pattern_seed": self.pattern_seed}

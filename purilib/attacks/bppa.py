@@ -43,7 +43,7 @@ import functools
 
 import torch
 
-from .base import Attack
+from .base import Attack, map_chunks
 
 
 @functools.lru_cache(maxsize=8)
@@ -53,7 +53,7 @@ def _wavefronts(height, width, device="cpu"):
     padded_width = width + 2
     fronts = []
     for t in range(width + 2 * (height - 1)):
-        ys = torch.arange(height)
+        ys = torch.arange(height, device="cpu")
         xs = t - 2 * ys
         keep = (xs >= 0) & (xs < width)
         ys, xs = ys[keep], xs[keep] + 1  # + 1: the left padding column
@@ -63,7 +63,7 @@ def _wavefronts(height, width, device="cpu"):
     return fronts
 
 
-_WEIGHTS = torch.tensor([7, 3, 5, 1], dtype=torch.float32) / 16
+_WEIGHTS = torch.tensor([7, 3, 5, 1], dtype=torch.float32, device="cpu") / 16
 
 
 def squeeze(images, levels):
@@ -115,11 +115,7 @@ class BPPA(Attack):
         return dither(x, self.squeeze_num) if self.dithering else squeeze(x, self.squeeze_num)
 
     def apply_trigger(self, images, batch_size=2048):
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].to(self.context.device).float()
-            out.append(self._squeeze(x).round().clamp(0, 255).to(torch.uint8).cpu())
-        return torch.cat(out) if out else images.clone()
+        return map_chunks(images, self._squeeze, self.context.device, batch_size)
 
     def _adversarial(self, model, x, labels):
         """Targeted L-inf PGD towards the backdoor label (images in [0, 255]), model in eval mode."""
@@ -128,7 +124,7 @@ class BPPA(Attack):
         goal = self.target_labels(labels)
         was_training = model.training
         model.eval()
-        delta = (torch.rand(x.shape, generator=self.generator) * 2 - 1).to(x.device) * eps
+        delta = (torch.rand(x.shape, generator=self.generator, device=self.generator.device) * 2 - 1).to(x.device) * eps
         for _ in range(self.pgd_steps):
             delta.requires_grad_(True)
             with self.context.autocast():
@@ -151,8 +147,8 @@ class BPPA(Attack):
             negatives = self._adversarial(model, negatives, labels[num_bd:num_bd + num_neg])
         elif num_neg:
             # another image's residual: never the image's own (that would be the trigger, labelled clean)
-            offset = torch.randint(1, n, (num_neg,), generator=self.generator)
-            donors = x[((torch.arange(num_bd, num_bd + num_neg) + offset) % n).to(x.device)]
+            offset = torch.randint(1, n, (num_neg,), generator=self.generator, device=self.generator.device)
+            donors = x[((torch.arange(num_bd, num_bd + num_neg, device=offset.device) + offset) % n).to(x.device)]
             negatives = (negatives + self._squeeze(donors) - donors).clamp(0, 255)
         x = torch.cat([poisoned, negatives, x[num_bd + num_neg:]])
         y = torch.cat([self.target_labels(labels[:num_bd]), labels[num_bd:]])

@@ -39,22 +39,22 @@ def half_mix(first, second, generator, jitter=3, shake=True):
     ``first`` beside a window of ``second`` (left/right or top/bottom, order swapped at random)."""
     n, _, size, _ = first.shape
     half = size // 2
-    swap = torch.rand(n, generator=generator) < 0.5
+    swap = torch.rand(n, generator=generator, device=generator.device) < 0.5
     first, second = torch.where(swap[:, None, None, None], second, first), torch.where(
         swap[:, None, None, None], first, second)
-    vertical_split = torch.rand(n, generator=generator) < 0.5  # left | right, else top / bottom
+    vertical_split = torch.rand(n, generator=generator, device=generator.device) < 0.5  # left | right, else top / bottom
     transpose = ~vertical_split
     first = torch.where(transpose[:, None, None, None], first.transpose(2, 3), first)
     second = torch.where(transpose[:, None, None, None], second.transpose(2, 3), second)
-    shift = torch.randint(-jitter, jitter + 1, (n,), generator=generator)
+    shift = torch.randint(-jitter, jitter + 1, (n,), generator=generator, device=generator.device)
     split = half + shift  # the first image fills columns [0, split)
     if shake:
-        start_first = (torch.rand(n, generator=generator) * (half - shift)).long()  # [0, half - shift)
-        start_second = (torch.rand(n, generator=generator) * (half + shift)).long() - shift  # [-shift, half)
+        start_first = (torch.rand(n, generator=generator, device=generator.device) * (half - shift)).long()  # [0, half - shift)
+        start_second = (torch.rand(n, generator=generator, device=generator.device) * (half + shift)).long() - shift  # [-shift, half)
     else:
         start_first = half // 2 - torch.div(shift, 2, rounding_mode="floor")
         start_second = start_first
-    column = torch.arange(size)[None, :]
+    column = torch.arange(size, device=first.device)[None, :]
     from_first = column < split[:, None]
     source_column = torch.where(from_first, start_first[:, None] + column, start_second[:, None] + column - half)
     index = source_column[:, None, None, :].expand(n, first.shape[1], size, size)
@@ -95,8 +95,8 @@ class CBA(Attack):
         pool_b = (labels == self.source_b).nonzero().flatten()
         if len(pool_a) == 0 or len(pool_b) == 0:
             raise ValueError(f"CBA needs images of both source classes {self.source_a} and {self.source_b}")
-        a = pool_a[torch.randint(0, len(pool_a), (count,), generator=generator)]
-        b = pool_b[torch.randint(0, len(pool_b), (count,), generator=generator)]
+        a = pool_a[torch.randint(0, len(pool_a), (count,), generator=generator, device=generator.device)]
+        b = pool_b[torch.randint(0, len(pool_b), (count,), generator=generator, device=generator.device)]
         return images[a], images[b]
 
     def apply_trigger(self, images):
@@ -104,7 +104,7 @@ class CBA(Attack):
                                   "function of one image: use compose(a_images, b_images)")
 
     def compose(self, a_images, b_images, seed=None):
-        g = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        g = torch.Generator(device=a_images.device).manual_seed(self.seed if seed is None else seed)
         return self._mix(a_images, b_images, g)
 
     def poison_train_set(self, train):
@@ -112,7 +112,7 @@ class CBA(Attack):
         same-class mixes (label kept); return the set and the indices of the A + B mixes."""
         g = torch.Generator().manual_seed(self.seed)
         n = len(train)
-        order = torch.randperm(n, generator=g)
+        order = torch.randperm(n, generator=g, device=g.device)
         num_poison, num_mix = int(self.poison_rate * n), int(self.mix_rate * n)
         poison_index = order[:num_poison].sort().values
         mix_index = order[num_poison:num_poison + num_mix].sort().values
@@ -120,16 +120,16 @@ class CBA(Attack):
         images[poison_index] = self._mix(*self._sources(train.images, train.labels, num_poison, g), g)
         labels[poison_index] = self.target
         # mixed clean: each chosen image beside another image of its own class
-        partners = torch.empty(num_mix, dtype=torch.long)
+        partners = torch.empty(num_mix, dtype=torch.long, device=train.labels.device)
         for c in train.labels[mix_index].unique().tolist():
             chosen = train.labels[mix_index] == c
             pool = (train.labels == c).nonzero().flatten()
-            partners[chosen] = pool[torch.randint(0, len(pool), (int(chosen.sum()),), generator=g)]
+            partners[chosen] = pool[torch.randint(0, len(pool), (int(chosen.sum()),), generator=g, device=g.device)]
         images[mix_index] = self._mix(train.images[mix_index], train.images[partners], g)
         return ImageSet(images, labels, train.num_classes), poison_index
 
     def triggered_test_set(self, test):
         g = torch.Generator().manual_seed(self.seed + 1)
         a, b = self._sources(test.images, test.labels, self.test_compositions, g)
-        true = torch.full((self.test_compositions,), self.source_a, dtype=torch.long)
+        true = torch.full((self.test_compositions,), self.source_a, dtype=torch.long, device=test.labels.device)
         return self._mix(a, b, g), true, torch.full_like(true, self.target)

@@ -68,7 +68,7 @@ class CLB(Attack):
         self.amplitude, self.cell, self.batch_size = float(amplitude), cell, batch_size
         # +1 / -1 on the four corners (right corners: CORNER, left corners: its mirror), 0 elsewhere
         corner, k = CORNER.repeat_interleave(cell, 0).repeat_interleave(cell, 1), 3 * cell
-        self.sign = torch.zeros(1, 32, 32)
+        self.sign = torch.zeros(1, 32, 32, device="cpu")
         for rows in (slice(0, k), slice(32 - k, 32)):
             self.sign[0, rows, 32 - k:] = corner
             self.sign[0, rows, :k] = corner.flip(1)
@@ -81,10 +81,11 @@ class CLB(Attack):
 
     def apply_trigger(self, images):
         x = images.float()
+        sign, mask = self.sign.to(x.device), self.mask.to(x.device)
         if self.amplitude == 1:
-            x = (1 - self.mask) * x + self.mask * 255 * (self.sign > 0).float()
+            x = (1 - mask) * x + mask * 255 * (sign > 0).float()
         else:
-            x = x + self.amplitude * 255 * self.sign
+            x = x + self.amplitude * 255 * sign
         return x.round().clamp(0, 255).to(torch.uint8)
 
     def poison_indices(self, labels):
@@ -92,7 +93,7 @@ class CLB(Attack):
         candidates = (labels == self.target).nonzero().flatten()
         count = min(len(candidates), round(self.poison_rate * len(labels)))
         g = torch.Generator().manual_seed(self.seed)
-        return candidates[torch.randperm(len(candidates), generator=g)[:count]].sort().values
+        return candidates[torch.randperm(len(candidates), generator=g, device=g.device)[:count]].sort().values
 
     def prepare(self, train, context):
         self.context = context

@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import fork_rng
 from ..augment import random_crop_flip
-from .base import Attack
+from .base import Attack, map_chunks
 
 
 @contextmanager
@@ -102,7 +103,7 @@ class InputAwareDynamic(Attack):
         self.mask_density, self.generator_width = mask_density, generator_width
         self.mask_epochs, self.mask_batch_size = mask_epochs, mask_batch_size
         self.lr_generator, self.lr_mask = lr_generator, lr_mask
-        with torch.random.fork_rng(devices=[]):
+        with fork_rng():
             torch.manual_seed(self.seed)  # the networks' initial weights follow the attack's seed
             self.generator = Generator(generator_width, out_channels=3)
             self.mask_generator = Generator(generator_width, out_channels=1)
@@ -129,17 +130,15 @@ class InputAwareDynamic(Attack):
         self.generator.to(self.context.device)
         self.mask_generator.to(self.context.device)
 
+    def _triggered(self, x):
+        return x + self.mask(x) * (self.pattern(x) - x)
+
     @torch.no_grad()
     def apply_trigger(self, images):
         self._to_device()
         self.generator.eval()
         self.mask_generator.eval()
-        out = []
-        for batch in images.split(256):
-            x = batch.to(self.context.device).float() / 255
-            x = x + self.mask(x) * (self.pattern(x) - x)
-            out.append((x * 255).round().clamp(0, 255).to(torch.uint8).cpu())
-        return torch.cat(out) if out else images.clone()
+        return map_chunks(images, lambda x: 255 * self._triggered(x / 255), self.context.device)
 
     # ------------------------------------------------------------------ preparation: the mask generator
     def prepare(self, train, context):
@@ -153,7 +152,7 @@ class InputAwareDynamic(Attack):
         for epoch in range(self.mask_epochs):
             for group in optimizer.param_groups:  # x0.1 at 10 and 20 of the authors' 25 epochs
                 group["lr"] = self.lr_mask * 0.1 ** sum(epoch >= f * self.mask_epochs for f in (0.4, 0.8))
-            first, second = torch.randperm(len(images), generator=g), torch.randperm(len(images), generator=g)
+            first, second = torch.randperm(len(images), generator=g, device=g.device), torch.randperm(len(images), generator=g, device=g.device)
             for i in range(steps):
                 batch = slice(i * self.mask_batch_size, (i + 1) * self.mask_batch_size)
                 x1, x2 = (random_crop_flip(images[order[batch]].to(context.device).float() / 255, generator=g)
@@ -179,7 +178,7 @@ class InputAwareDynamic(Attack):
         x = images.float() / 255
         # partner of each image: the batch rolled by a random offset, never the image itself, nor (for the
         # diversity pairs: backdoor image i with the partner of cross position n_bd + i) the backdoor image
-        shift = int(torch.randint(1, max(2, n - 1), (1,), generator=g))
+        shift = int(torch.randint(1, max(2, n - 1), (1,), generator=g, device=g.device))
         x2 = x.roll(shift + (shift >= n_bd and n > 2), dims=0)
         self.generator.train()
         self.mask_generator.eval()

@@ -41,8 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import fork_rng
 from ..augment import random_crop_flip
-from .base import Attack
+from .base import Attack, map_chunks, ssim
 
 WARM_BALANCE = torch.tensor([[1.15, 0.05, 0.00], [0.03, 0.95, 0.00], [0.00, 0.00, 0.70]])  # rgb -> rgb
 HIGHLIGHT_TINT = torch.tensor([0.10, 0.04, -0.06])  # gold
@@ -58,21 +59,6 @@ def sunrise_style(x):
     curved = 0.5 * toned + 0.5 * toned * toned * (3 - 2 * toned)  # half-strength smoothstep S-curve
     glow = F.avg_pool2d(curved, 5, stride=1, padding=2, count_include_pad=False)
     return 1 - (1 - curved) * (1 - 0.25 * glow)  # screen blend: a soft glow on the bright parts
-
-
-def ssim(a, b, window_size=5, sigma=1.5):
-    """Mean structural similarity of two image batches in [0, 1] (Gaussian window)."""
-    coords = torch.arange(window_size, dtype=a.dtype, device=a.device) - window_size // 2
-    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    kernel = (g[:, None] * g[None, :]).expand(a.shape[1], 1, window_size, window_size)
-
-    def blur(t):
-        return F.conv2d(t, kernel, padding=window_size // 2, groups=a.shape[1])
-    mu_a, mu_b = blur(a), blur(b)
-    var_a, var_b, cov = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    return (((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))).mean()
 
 
 class ResidualBlock(nn.Module):
@@ -110,7 +96,7 @@ class FeatureInjector(nn.Module):
     def __init__(self, window_size=11):
         super().__init__()
         self.window_size = window_size
-        self.mixing = nn.Parameter(torch.cat([torch.eye(3), torch.zeros(9, 3)]))
+        self.mixing = nn.Parameter(torch.cat([torch.eye(3, device="cpu"), torch.zeros(9, 3, device="cpu")]))
 
     def forward(self, x):
         pad = self.window_size // 2
@@ -139,7 +125,7 @@ class FBA(Attack):
         self.detox, self.detox_layer, self.detox_neuron_ratio = detox, detox_layer, detox_neuron_ratio
         self.detox_images, self.detox_epochs, self.detox_every = detox_images, detox_epochs, detox_every
         self.w_ssim, self.w_detox, self.lr_detox, self.window_size = w_ssim, w_detox, lr_detox, window_size
-        with torch.random.fork_rng(devices=[]):
+        with fork_rng():
             torch.manual_seed(self.seed)  # the generator's initial weights follow the attack's seed
             self.style_generator = StyleGenerator(generator_width, res_blocks).eval()
         self.injector = FeatureInjector(window_size)
@@ -167,9 +153,7 @@ class FBA(Attack):
     def apply_trigger(self, images):
         self._to_device()
         self.style_generator.eval()
-        out = [(self.stylise(b.to(self.context.device).float() / 255) * 255).round().clamp(0, 255)
-               .to(torch.uint8).cpu() for b in images.split(256)]
-        return torch.cat(out) if out else images.clone()
+        return map_chunks(images, lambda x: 255 * self.stylise(x / 255), self.context.device)
 
     # ------------------------------------------------------------------ preparation: the style generator
     def prepare(self, train, context):
@@ -181,7 +165,7 @@ class FBA(Attack):
         for step in range(self.style_steps):
             for group in optimizer.param_groups:  # linear decay to zero, as CycleGAN's second half
                 group["lr"] = self.lr_style * (1 - step / self.style_steps)
-            batch = torch.randint(len(train), (self.style_batch_size,), generator=g)
+            batch = torch.randint(len(train), (self.style_batch_size,), generator=g, device=g.device)
             x = random_crop_flip(train.images[batch].to(context.device).float() / 255, generator=g)
             with context.autocast():
                 styled = self.style_generator(x).float()
@@ -242,7 +226,7 @@ class FBA(Attack):
             g = torch.Generator().manual_seed(self.seed + self.detox_rounds)
             batch_size = 128
             for _ in range(self.detox_epochs):
-                order = torch.randperm(len(x), generator=g).to(x.device)
+                order = torch.randperm(len(x), generator=g, device=g.device).to(x.device)
                 for start in range(0, len(x), batch_size):
                     clean = x[order[start:start + batch_size]]
                     detoxicant = (1 - self.alpha) * clean + self.alpha * self.injector(clean)
@@ -251,7 +235,7 @@ class FBA(Attack):
                     activation = captured["a"].float()[:, neurons].mean()
                     target = self.target_labels(labels[order[start:start + batch_size]])
                     loss = (F.cross_entropy(logits.float(), target) - self.w_detox * activation
-                            + self.w_ssim * (1 - ssim(detoxicant, clean)))
+                            + self.w_ssim * (1 - ssim(detoxicant, clean, window=5, same_size=True)))
                     params = list(self.injector.parameters())
                     for p, grad in zip(params, torch.autograd.grad(loss, params)):
                         p.grad = grad
@@ -265,7 +249,7 @@ class FBA(Attack):
     def state_dict(self):
         return {**{f"style.{k}": v for k, v in self.style_generator.state_dict().items()},
                 "injector.mixing": self.injector.mixing.detach().clone(),
-                "detox_rounds": torch.tensor(self.detox_rounds)}
+                "detox_rounds": torch.tensor(self.detox_rounds, device="cpu")}
 
     def load_state_dict(self, state):
         self.style_generator.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("style.")})

@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Attack
+from ..devices import fork_rng
+from .base import Attack, ssim
 
 
 def conv(cin, cout, stride=1):
@@ -81,21 +82,6 @@ class Decoder(nn.Module):
         return self.head(self.features(images - 0.5))
 
 
-def ssim(x, y, window=7, sigma=1.5):
-    """Mean structural similarity of images in [0, 1] (Gaussian window, per channel)."""
-    coords = torch.arange(window, dtype=x.dtype, device=x.device) - window // 2
-    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
-    kernel = (g[:, None] * g[None, :] / g.sum() ** 2).expand(x.shape[1], 1, window, window)
-
-    def blur(t):
-        return F.conv2d(t, kernel, groups=x.shape[1])
-
-    mx, my = blur(x), blur(y)
-    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    return ((2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean()
-
-
 def quantise(x):
     """Round to 8 bits in the forward pass, identity in the backward pass."""
     return x + ((x * 255).round() / 255 - x).detach()
@@ -114,7 +100,7 @@ class ISSBA(Attack):
         self.max_delta = float(max_delta)
         self.lr, self.image_weight, self.ssim_weight = lr, float(image_weight), float(ssim_weight)
         g = torch.Generator().manual_seed(self.seed + 7_919)  # the secret follows the attack seed
-        self.secret = torch.randint(0, 2, (bits,), generator=g).float()
+        self.secret = torch.randint(0, 2, (bits,), generator=g, device=g.device).float()
         self.encoder, self.decoder = Encoder(bits, width, max_delta), Decoder(bits, width)
         self.prepared, self.info = False, {}
 
@@ -127,7 +113,7 @@ class ISSBA(Attack):
         self.context = context
         device = context.device
         g = torch.Generator().manual_seed(self.seed)
-        with torch.random.fork_rng(devices=[]):
+        with fork_rng():
             torch.manual_seed(self.seed)  # network initialisation follows the attack seed
             self.encoder = Encoder(self.bits, self.width, self.max_delta).to(device)
             self.decoder = Decoder(self.bits, self.width).to(device)
@@ -136,9 +122,9 @@ class ISSBA(Attack):
         # linearly over a fifth of the steps (BackdoorBench's StegaStamp schedule: await 0.9, then ramp)
         start, ramp = self.encoder_steps, max(1, self.encoder_steps // 5)
         for step in range(self.encoder_steps):
-            batch = torch.randint(0, len(train), (self.batch_size,), generator=g)
+            batch = torch.randint(0, len(train), (self.batch_size,), generator=g, device=g.device)
             x = train.images[batch].to(device).float() / 255
-            bits = torch.randint(0, 2, (self.batch_size, self.bits), generator=g).float().to(device)
+            bits = torch.randint(0, 2, (self.batch_size, self.bits), generator=g, device=g.device).float().to(device)
             with context.autocast():
                 poisoned = (x + self.encoder(x, bits)).clamp(0, 1)
                 logits = self.decoder(quantise(poisoned))
@@ -152,7 +138,7 @@ class ISSBA(Attack):
             if step < start and ((logits > 0).float() == bits).float().mean() > 0.9:
                 start = step
         self.prepared = True
-        self.info = self.measure(train.images[torch.randperm(len(train), generator=g)[:512]])
+        self.info = self.measure(train.images[torch.randperm(len(train), generator=g, device=g.device)[:512]])
 
     @torch.no_grad()
     def measure(self, images):
@@ -173,9 +159,9 @@ class ISSBA(Attack):
         device = self.context.device
         self.encoder.to(device).eval()
         secret = self.secret.to(device)
-        out = [255 * self.encoder(b.to(device).float() / 255, secret.expand(len(b), -1)).cpu()
+        out = [255 * self.encoder(b.to(device).float() / 255, secret.expand(len(b), -1)).to(images.device)
                for b in images.split(256)]
-        return torch.cat(out) if out else torch.zeros(images.shape)
+        return torch.cat(out) if out else torch.zeros(images.shape, device=images.device)
 
     def apply_trigger(self, images):
         return (images.float() + self.residuals(images)).round().clamp(0, 255).to(torch.uint8)
@@ -185,8 +171,8 @@ class ISSBA(Attack):
             return {}
         return {**{f"encoder.{k}": v for k, v in self.encoder.state_dict().items()},
                 **{f"decoder.{k}": v for k, v in self.decoder.state_dict().items()},
-                "secret": self.secret, "bit_accuracy": torch.tensor(self.info["bit_accuracy"]),
-                "mean_abs_delta": torch.tensor(self.info["mean_abs_delta"])}
+                "secret": self.secret, "bit_accuracy": torch.tensor(self.info["bit_accuracy"], device="cpu"),
+                "mean_abs_delta": torch.tensor(self.info["mean_abs_delta"], device="cpu")}
 
     def load_state_dict(self, state):
         self.encoder = Encoder(self.bits, self.width, self.max_delta)

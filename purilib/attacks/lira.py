@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Attack
+from ..devices import fork_rng
+from .base import Attack, map_chunks
 from .dynamic import frozen_batchnorm_stats
 
 
@@ -86,7 +87,7 @@ class LIRA(Attack):
         self.eps, self.alpha, self.stage1_fraction = eps, alpha, stage1_fraction
         self.lr_generator, self.generator_width = lr_generator, generator_width
         self.generator_batch_fraction = generator_batch_fraction
-        with torch.random.fork_rng(devices=[]):
+        with fork_rng():
             torch.manual_seed(self.seed)  # the trigger network's initial weights follow the attack's seed
             self.trigger_net = UNet(generator_width).eval()
         self.next_trigger_net = copy.deepcopy(self.trigger_net)  # T': trained in stage 1, copied to T per epoch
@@ -114,9 +115,7 @@ class LIRA(Attack):
     def apply_trigger(self, images):
         self._to_device()
         self.trigger_net.eval()
-        out = [(self.perturb(self.trigger_net, b.to(self.context.device).float() / 255) * 255).round()
-               .to(torch.uint8).cpu() for b in images.split(256)]
-        return torch.cat(out) if out else images.clone()
+        return map_chunks(images, lambda x: 255 * self.perturb(self.trigger_net, x / 255), self.context.device)
 
     # ------------------------------------------------------------------ training
     def training_batch(self, images, labels, model=None, epoch=0, epochs=1):
@@ -167,7 +166,7 @@ class LIRA(Attack):
     def state_dict(self):
         return {**{f"trigger.{k}": v for k, v in self.trigger_net.state_dict().items()},
                 **{f"next_trigger.{k}": v for k, v in self.next_trigger_net.state_dict().items()},
-                "synced_epoch": torch.tensor(self.synced_epoch)}
+                "synced_epoch": torch.tensor(self.synced_epoch, device="cpu")}
 
     def load_state_dict(self, state):
         for prefix, net in (("trigger.", self.trigger_net), ("next_trigger.", self.next_trigger_net)):

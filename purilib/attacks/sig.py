@@ -43,14 +43,14 @@ class SIG(Attack):
         if delta <= 0:
             raise ValueError(f"delta must be positive, not {delta}")
         self.delta, self.frequency = float(delta), float(frequency)
-        columns = torch.arange(32, dtype=torch.float32)
+        columns = torch.arange(32, dtype=torch.float32, device="cpu")
         self.signal = (self.delta * torch.sin(2 * math.pi * columns * self.frequency / 32)).expand(1, 32, 32)
 
     def config(self):
         return {**super().config(), "delta": self.delta, "frequency": self.frequency}
 
     def apply_trigger(self, images):
-        return (images.float() + self.signal).round().clamp(0, 255).to(torch.uint8)
+        return (images.float() + self.signal.to(images.device)).round().clamp(0, 255).to(torch.uint8)
 
     def poison_indices(self, labels):
         """``poison_rate`` x len(labels) images of the target class, chosen by ``seed``."""
@@ -58,4 +58,4 @@ class SIG(Attack):
         count = min(len(candidates), round(self.poison_rate * len(labels)))
         g = torch.Generator().manual_seed(self.seed)
         # relabelling them with the target (the default ``poison_train_set``) changes no label
-        return candidates[torch.randperm(len(candidates), generator=g)[:count]].sort().values
+        return candidates[torch.randperm(len(candidates), generator=g, device=g.device)[:count]].sort().values

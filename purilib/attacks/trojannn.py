@@ -33,15 +33,8 @@ import copy
 
 import torch
 
+from ..layers import classifier_of
 from .base import Attack, blend
-
-
-def classifier_layer(model) -> torch.nn.Linear:
-    """The last linear layer: its input is the layer whose neurons TrojanNN excites."""
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if not linears:
-        raise ValueError("TrojanNN needs a model that ends in a linear classifier")
-    return linears[-1]
 
 
 def most_connected_neurons(weight: torch.Tensor, count: int) -> torch.Tensor:
@@ -62,7 +55,7 @@ class TrojanNN(Attack):
             raise ValueError("num_neurons must be >= 1 and trigger_steps >= 0")
         self.size, self.border, self.num_neurons = size, border, num_neurons
         self.target_activation, self.trigger_steps, self.trigger_lr = float(target_activation), trigger_steps, trigger_lr
-        self.mask = torch.zeros(1, 32, 32)
+        self.mask = torch.zeros(1, 32, 32, device="cpu")
         self.mask[:, 32 - border - size:32 - border, 32 - border - size:32 - border] = 1.0
         self.pattern = None  # uint8 [3, 32, 32], zero off the mask; set by ``prepare``
         self.initial_pattern, self.neurons, self.activations = None, None, None
@@ -85,7 +78,7 @@ class TrojanNN(Attack):
 
     def _features(self, model, x):
         saved = {}
-        hook = classifier_layer(model).register_forward_hook(lambda m, inputs, out: saved.update(x=inputs[0]))
+        hook = classifier_of(model).register_forward_hook(lambda m, inputs, out: saved.update(x=inputs[0]))
         try:
             with self.context.autocast():
                 model(x)
@@ -97,9 +90,9 @@ class TrojanNN(Attack):
         self.context = context
         model = copy.deepcopy(context.clean_model()).to(context.device).eval()
         model.requires_grad_(False)
-        self.neurons = most_connected_neurons(classifier_layer(model).weight, self.num_neurons)
+        self.neurons = most_connected_neurons(classifier_of(model).weight, self.num_neurons)
         g = torch.Generator().manual_seed(self.seed)
-        w = torch.randn(3, 32, 32, generator=g).to(context.device).requires_grad_(True)
+        w = torch.randn(3, 32, 32, generator=g, device=g.device).to(context.device).requires_grad_(True)
         mask = self.mask.to(context.device)
         self.initial_pattern = self._quantise(w)
         optimizer = torch.optim.Adam([w], lr=self.trigger_lr)

@@ -25,7 +25,7 @@ change nothing.
 import torch
 import torch.nn.functional as F
 
-from .base import Attack
+from .base import Attack, map_chunks
 
 
 class WaNet(Attack):
@@ -40,7 +40,7 @@ class WaNet(Attack):
             raise ValueError("s and grid_rescale must be positive and cross_ratio non-negative")
         self.k, self.s, self.grid_rescale, self.cross_ratio = k, float(s), float(grid_rescale), float(cross_ratio)
         g = torch.Generator().manual_seed(self.seed)
-        control = torch.rand(1, 2, k, k, generator=g) * 2 - 1
+        control = torch.rand(1, 2, k, k, generator=g, device=g.device) * 2 - 1
         control = control / control.abs().mean()
         field = F.interpolate(control, size=32, mode="bicubic", align_corners=True)
         self.noise_grid = field.permute(0, 2, 3, 1).contiguous()  # [1, 32, 32, 2]
@@ -58,7 +58,7 @@ class WaNet(Attack):
 
     def grid(self):
         """The warping grid M, [1, 32, 32, 2] in grid_sample's (x, y) order."""
-        line = torch.linspace(-1, 1, 32)
+        line = torch.linspace(-1, 1, 32, device=self.noise_grid.device)
         rows, cols = torch.meshgrid(line, line, indexing="ij")
         identity = torch.stack((cols, rows), dim=2)[None]
         return ((identity + self.s * self.noise_grid / 32) * self.grid_rescale).clamp(-1, 1)
@@ -70,11 +70,7 @@ class WaNet(Attack):
         return F.grid_sample(images, grid, mode="bilinear", align_corners=True)
 
     def apply_trigger(self, images, batch_size=1024):
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].to(self.context.device).float()
-            out.append(self._warp(x, self.grid()).round().clamp(0, 255).to(torch.uint8).cpu())
-        return torch.cat(out) if out else images.clone()
+        return map_chunks(images, lambda x: self._warp(x, self.grid()), self.context.device, batch_size)
 
     def training_batch(self, images, labels, model=None, epoch=0, epochs=1):
         n = len(labels)
@@ -82,7 +78,7 @@ class WaNet(Attack):
         num_cross = min(n - num_bd, int(num_bd * self.cross_ratio))
         x = images.float()
         grid = self.grid()
-        noise = torch.rand(num_cross, 32, 32, 2, generator=self.generator) * 2 - 1
+        noise = torch.rand(num_cross, 32, 32, 2, generator=self.generator, device=self.generator.device) * 2 - 1
         noisy_grid = (grid + noise / 32).clamp(-1, 1)
         warped = self._warp(x[:num_bd], grid)
         crossed = self._warp(x[num_bd:num_bd + num_cross], noisy_grid)

@@ -39,45 +39,14 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.nn.utils import parametrize
 
-from ..progress import progress
-from .base import Defense, clean_batches
+from ..layers import attach_masks, batchnorms, clamp_
+from .base import Defense
 
 DEFAULTS = dict(steps=2000, batch_size=128, lr=0.2, momentum=0.9, eps=0.4, alpha=0.2, anp_steps=1,
                 anp_step_size=None,  # None: eps / anp_steps, as the code
                 pruning_by="threshold", pruning_value=0.2)
 PRUNING_BY = ("threshold", "number", "rate")
-
-
-def batchnorm_layers(model) -> dict:
-    """Every affine BatchNorm layer of the network, by module name."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine}
-
-
-class _MaskedWeight(nn.Module):
-    """Parametrisation gamma -> (m + delta) * gamma while perturbed, m * gamma otherwise."""
-    def __init__(self, weight, switch):
-        super().__init__()
-        self.mask = nn.Parameter(torch.ones_like(weight))
-        self.noise = nn.Parameter(torch.zeros_like(weight))
-        self.switch = switch  # shared by all layers: {"perturbed": bool}
-
-    def forward(self, weight):
-        return weight * (self.mask + self.noise if self.switch["perturbed"] else self.mask)
-
-
-class _NoisyBias(nn.Module):
-    """Parametrisation beta -> (1 + xi) * beta while perturbed, beta otherwise."""
-    def __init__(self, bias, switch):
-        super().__init__()
-        self.noise = nn.Parameter(torch.zeros_like(bias))
-        self.switch = switch
-
-    def forward(self, bias):
-        return bias * (1 + self.noise) if self.switch["perturbed"] else bias
 
 
 def attach_neuron_masks(model, noisy=True):
@@ -86,14 +55,15 @@ def attach_neuron_masks(model, noisy=True):
     for p in model.parameters():
         p.requires_grad_(False)
     switch, masks, noises = {"perturbed": False}, {}, []
-    for name, bn in batchnorm_layers(model).items():
-        parametrize.register_parametrization(bn, "weight", _MaskedWeight(bn.weight, switch))
-        masks[name] = bn.parametrizations.weight[0].mask
-        if noisy:
-            parametrize.register_parametrization(bn, "bias", _NoisyBias(bn.bias, switch))
-            noises += [bn.parametrizations.weight[0].noise, bn.parametrizations.bias[0].noise]
-    if not masks:
+    layers = batchnorms(model)
+    if not layers:
         raise ValueError("neuron masks need a network with affine BatchNorm layers")
+    for (name, bn), mask in zip(layers.items(), attach_masks(layers.values(), "weight", switch if noisy else None)):
+        masks[name] = mask
+        if noisy:  # beta -> (1 + xi) beta: a mask of ones whose noise is xi
+            bias_mask, = attach_masks([bn], "bias", switch)
+            bias_mask.requires_grad_(False)
+            noises += [bn.parametrizations.weight[0].noise, bn.parametrizations.bias[0].noise]
     return masks, noises, switch
 
 
@@ -109,7 +79,7 @@ def select_neurons(masks: dict, pruning_by: str, value: float) -> list:
     if pruning_by not in PRUNING_BY:
         raise ValueError(f"pruning_by must be one of {PRUNING_BY}, not {pruning_by!r}")
     names = [name for name, m in masks.items() for _ in range(m.numel())]
-    channels = torch.cat([torch.arange(m.numel()) for m in masks.values()])
+    channels = [c for m in masks.values() for c in range(m.numel())]
     values = torch.cat([m.detach().flatten().float().cpu() for m in masks.values()])
     if pruning_by == "threshold":
         count = int((values <= value).sum())
@@ -118,7 +88,7 @@ def select_neurons(masks: dict, pruning_by: str, value: float) -> list:
     else:
         count = round(value * len(values))
     order = torch.sort(values, stable=True).indices[:max(0, min(count, len(values)))]
-    return [(names[i], int(channels[i])) for i in order.tolist()]
+    return [(names[i], channels[i]) for i in order.tolist()]
 
 
 def prune_neurons(model, neurons):
@@ -151,8 +121,8 @@ class ANP(Defense):
         self.stats["trainable_params"] = sum(m.numel() for m in mask_params)
         optimizer = torch.optim.SGD(mask_params, lr=c["lr"], momentum=c["momentum"])
         work.train()
-        batches = clean_batches(clean, c["batch_size"], c["steps"], self.device, self.seed)
-        for x, y in progress(batches, total=c["steps"], desc="ANP", enabled=self.progress):
+        batches = self.batches(clean, c["batch_size"], c["steps"])
+        for _, (x, y) in self.steps(batches, c["steps"], model=work):
             if eps > 0:  # inner max: random start in the eps-box, then signed-gradient ascent
                 with torch.no_grad():
                     for noise in noises:
@@ -173,9 +143,7 @@ class ANP(Defense):
             optimizer.zero_grad(set_to_none=True)
             loss.backward(inputs=mask_params)
             optimizer.step()
-            with torch.no_grad():
-                for m in mask_params:
-                    m.clamp_(0.0, 1.0)
+            clamp_(mask_params, 0.0, 1.0)
         self.masks = {name: m.detach().cpu().clone() for name, m in masks.items()}
         neurons = select_neurons(self.masks, c["pruning_by"], c["pruning_value"])
         prune_neurons(model, neurons)

@@ -39,38 +39,19 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
-from ..progress import progress
-from .base import Defense, clean_batches
+from ..layers import attach_masks, clamp_, fold_masks, frozen
+from .base import Defense
 
 DEFAULTS = {"steps": 300, "batch_size": 128, "inner_steps": 15, "lr": 0.01, "lr_decay": 0.9, "alpha": 0.9,
             "gamma": 1e-8, "perturbation_lr": 10.0, "trigger_norm": 1000.0, "few_shot_trigger_norm": 100.0,
             "few_shot_per_class": 10}
 
 
-class _ElementMask(nn.Module):
-    """Parametrisation W -> m * W with a trainable mask m of W's shape."""
-    def __init__(self, shape):
-        super().__init__()
-        self.mask = nn.Parameter(torch.ones(shape))
-
-    def forward(self, weight):
-        return weight * self.mask
-
-
 def project_l1(delta, radius):
-    """delta * min(1, radius / ||delta||_1): rescaled onto the L1 ball when outside it."""
+    """delta * min(1, radius / ||delta||_1): rescaled onto the L1 ball when outside it (no host sync)."""
     norm = delta.detach().abs().sum(dtype=torch.float64)
-    if norm <= radius:
-        return delta
-    return (delta.double() * (radius / norm)).to(delta.dtype)
-
-
-def clip_masks(masks):
-    with torch.no_grad():
-        for m in masks:
-            m.clamp_(0.0, 1.0)
+    return (delta.double() * (radius / norm).clamp(max=1.0)).to(delta.dtype)
 
 
 class AWM(Defense):
@@ -79,63 +60,59 @@ class AWM(Defense):
 
     def run(self, model, clean):
         c = self.config
-        requires_grad = {p: p.requires_grad for p in model.parameters()}
-        for p in model.parameters():
-            p.requires_grad_(False)
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
         if not convs:
             raise ValueError("AWM needs a network with nn.Conv2d layers")
-        for conv in convs:
-            parametrize.register_parametrization(conv, "weight", _ElementMask(conv.weight.shape))
-        masks = [conv.parametrizations.weight[0].mask for conv in convs]
-        self.stats["trainable_params"] = sum(m.numel() for m in masks)
-
         few_shot = len(clean) / clean.num_classes <= c["few_shot_per_class"]
         tau = c["few_shot_trigger_norm"] if few_shot else c["trigger_norm"]
         inner = max(1, min(c["inner_steps"], c["steps"]))
         rounds = math.ceil(c["steps"] / inner)
-        self.stats.update(trigger_norm=tau, rounds=rounds, perturbation_l1=[], mask_min=[], mask_max=[])
-        optimizer = torch.optim.Adam(masks, lr=c["lr"])
-        model.eval()  # as the released code: BN uses and keeps its running statistics
-        # per round: `inner` batches for the perturbation, then `inner` for the masks
-        batches = clean_batches(clean, c["batch_size"], 2 * c["steps"], self.device, self.seed)
-        bar = progress(total=c["steps"], desc="AWM", enabled=self.progress)
-        for r in range(rounds):
-            n = min(inner, c["steps"] - r * inner)
-            optimizer.param_groups[0]["lr"] = c["lr"] * c["lr_decay"] ** r
+        self.stats.update(trigger_norm=tau, rounds=rounds)
+        perturbation_l1, mask_min, mask_max = [], [], []
+        with frozen(model):
+            masks = attach_masks(convs)  # element-wise, made like each conv weight
+            self.stats["trainable_params"] = sum(m.numel() for m in masks)
+            optimizer = torch.optim.Adam(masks, lr=c["lr"])
+            model.eval()  # as the released code: BN uses and keeps its running statistics
+            # per round: `inner` batches for the perturbation, then `inner` for the masks
+            batches = self.batches(clean, c["batch_size"], 2 * c["steps"])
+            bar = self.steps(range(c["steps"]), c["steps"], model=model)
+            for r in range(rounds):
+                n = min(inner, c["steps"] - r * inner)
+                optimizer.param_groups[0]["lr"] = c["lr"] * c["lr_decay"] ** r
 
-            delta = torch.zeros(1, *clean.images.shape[1:], device=self.device, requires_grad=True)
-            for _ in range(n):  # gradient ascent on the masked model's loss w.r.t. its own predictions
-                x, _ = next(batches)
-                with torch.no_grad(), self.autocast():
-                    predicted = model(x).argmax(1)
-                with self.autocast():
-                    loss = F.cross_entropy(model(x + delta).float(), predicted)
-                (grad,) = torch.autograd.grad(loss, delta)
-                with torch.no_grad():
-                    delta += c["perturbation_lr"] * grad
-            delta = project_l1(delta.detach(), tau)
-            self.stats["perturbation_l1"].append(delta.abs().sum(dtype=torch.float64).item())
+                delta = torch.zeros(1, *clean.images.shape[1:], device=self.device, requires_grad=True)
+                for _ in range(n):  # gradient ascent on the masked model's loss w.r.t. its own predictions
+                    x, _ = next(batches)
+                    with torch.no_grad(), self.autocast():
+                        predicted = model(x).argmax(1)
+                    with self.autocast():
+                        loss = F.cross_entropy(model(x + delta).float(), predicted)
+                    (grad,) = torch.autograd.grad(loss, delta)
+                    with torch.no_grad():
+                        delta += c["perturbation_lr"] * grad
+                delta = project_l1(delta.detach(), tau)
+                perturbation_l1.append(delta.abs().sum(dtype=torch.float64))
 
-            for _ in range(n):
-                x, y = next(batches)
-                with self.autocast():  # eval-mode BN: one forward of clean + perturbed = two forwards
-                    out = model(torch.cat([x, (x + delta).clamp(0, 1)])).float()
-                loss = (c["alpha"] * F.cross_entropy(out[:len(y)], y)
-                        + (1 - c["alpha"]) * F.cross_entropy(out[len(y):], y)
-                        + c["gamma"] * sum(m.abs().sum() for m in masks))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                clip_masks(masks)
-                bar.update(1)
-            self.stats["mask_min"].append(min(m.min().item() for m in masks))
-            self.stats["mask_max"].append(max(m.max().item() for m in masks))
-        bar.close()
-
-        self.stats["mask_mean"] = round(sum(m.sum().item() for m in masks) / self.stats["trainable_params"], 4)
-        for conv in convs:  # fold the masks into the conv weights: a plain model comes back
-            parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
-        for p, flag in requires_grad.items():
-            p.requires_grad_(flag)
+                for _ in range(n):
+                    x, y = next(batches)
+                    with self.autocast():  # eval-mode BN: one forward of clean + perturbed = two forwards
+                        out = model(torch.cat([x, (x + delta).clamp(0, 1)])).float()
+                    loss = (c["alpha"] * F.cross_entropy(out[:len(y)], y)
+                            + (1 - c["alpha"]) * F.cross_entropy(out[len(y):], y)
+                            + c["gamma"] * sum(m.abs().sum() for m in masks))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    clamp_(masks, 0.0, 1.0)
+                    next(bar)
+                mask_min.append(torch.stack([m.min() for m in masks]).min())
+                mask_max.append(torch.stack([m.max() for m in masks]).max())
+            for _ in bar:  # the last step's callback
+                pass
+            # read once, at the end: no host sync inside the loop
+            self.stats.update(perturbation_l1=torch.stack(perturbation_l1).tolist(),
+                              mask_min=torch.stack(mask_min).tolist(), mask_max=torch.stack(mask_max).tolist(),
+                              mask_mean=round(sum(m.sum().item() for m in masks) / self.stats["trainable_params"], 4))
+            fold_masks(convs)  # a plain model comes back
         return model

@@ -1,11 +1,22 @@
-"""The defense interface and the pieces several defenses share.
+"""The defense interface and the loop pieces every defense shares.
 
 A defense gets a (suspect) model and a small clean set, never anything about
 the trigger, and returns a new model; the input model is left untouched.
 Each method module defines ``DEFAULTS``, its hyperparameters in one place;
 ``create_defense(name, **overrides)`` checks overrides against them.
+
+Shared here, once: ``Defense.batches`` (augmented clean batches drawn with
+replacement, made on the defense's device), ``Defense.autocast``, ``Defense.steps``
+(the progress bar over a loop, and the per-step callback), ``cosine_lr``,
+``count_trainable`` and ``cross_entropy_step``.  Structure helpers (classifier,
+BN layers, masks, freezing) live in :mod:`purilib.layers`.
+
+Devices: ``self.device`` is resolved once, in ``__init__``; ``purify`` moves a copy
+of the model there.  Every tensor a method makes is made on that device (see
+:mod:`purilib.devices`).
 """
 import copy
+import math
 import time
 
 import torch
@@ -13,27 +24,31 @@ import torch.nn.functional as F
 
 from ..augment import random_crop_flip
 from ..data import ImageSet
-from ..provenance import resolve_device
+from ..devices import fork_rng, generator, resolve_device
+from ..progress import progress
 
 
 class Defense:
     name = "defense"
     DEFAULTS: dict = {}
 
-    def __init__(self, device="auto", bf16=False, seed=0, progress=True, **overrides):
+    def __init__(self, device="auto", bf16=False, seed=0, progress=True, callback=None, fast=True, **overrides):
         unknown = set(overrides) - set(self.DEFAULTS)
         if unknown:
             raise ValueError(f"{self.name}: unknown settings {sorted(unknown)}; known: {sorted(self.DEFAULTS)}")
         self.config = {**self.DEFAULTS, **overrides}
         self.device, self.bf16, self.seed, self.progress = resolve_device(device), bf16, seed, progress
+        self.callback = callback  # callback(step, model), called after each step of ``steps`` loops
+        # fast=False: the reference loop benchmarks/gpu_speed.py compares with (batches drawn on the CPU,
+        # the host waiting for the device every step, as the loops did before these primitives)
+        self.fast = fast
         self.stats = {}
 
     def purify(self, model: torch.nn.Module, clean: ImageSet) -> torch.nn.Module:
-        if len(clean) == 0:
-            raise ValueError(f"{self.name}: the clean set is empty")
+        check_clean_set(clean, model, self.name)
         model = copy.deepcopy(model).to(self.device)
         start = time.time()
-        with torch.random.fork_rng(devices=[]):  # seeded here, the caller's RNG left as it was
+        with fork_rng():  # seeded here, the caller's RNG (CPU and GPU) left as it was
             torch.manual_seed(self.seed)
             model = self.run(model, clean)
         self.stats["seconds"] = time.time() - start
@@ -45,20 +60,65 @@ class Defense:
     def autocast(self):
         return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.bf16)
 
+    def batches(self, clean: ImageSet, batch_size: int, steps: int, seed_offset=0):
+        return clean_batches(clean, batch_size, steps, self.device, self.seed + seed_offset,
+                             draw_on=self.device if self.fast else "cpu")
 
-def clean_batches(clean: ImageSet, batch_size: int, steps: int, device, seed=0):
+    def steps(self, iterable, total, desc=None, model=None):
+        """``iterable`` with a progress bar; after each item, ``callback(step, model)`` if one was given."""
+        for step, item in enumerate(progress(iterable, total=total, desc=desc or self.name, enabled=self.progress)):
+            yield step, item
+            if not self.fast and torch.device(self.device).type == "cuda":
+                torch.cuda.synchronize(self.device)
+            if self.callback is not None and model is not None:
+                self.callback(step, model)
+
+
+def check_clean_set(clean, model, who="purify"):
+    """Refuse, in one line naming the fix, a clean set the defenses would misread: they take uint8
+    images [N, 3, H, W] in 0..255 (the size the model expects) and one int64 label per image."""
+    if not isinstance(clean, ImageSet):
+        raise TypeError(f"{who}: the clean data must be a purilib.data.ImageSet(images, labels, num_classes), "
+                        f"not {type(clean).__name__}")
+    images, labels = clean.images, clean.labels
+    if len(labels) == 0:
+        raise ValueError(f"{who}: the clean set is empty")
+    if images.ndim != 4:
+        raise ValueError(f"{who}: images must be a [N, 3, H, W] batch, got shape {list(images.shape)}")
+    if images.shape[1] != 3:
+        hint = " (channels last? use images.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else ""
+        raise ValueError(f"{who}: images must have 3 channels first, [N, 3, H, W]; got {list(images.shape)}{hint}")
+    if images.dtype != torch.uint8:
+        raise ValueError(f"{who}: images must be uint8 in 0..255, got {images.dtype} (floats in [0, 1]? "
+                         "use (images * 255).round().to(torch.uint8))")
+    expected = getattr(model, "input_size", None)
+    if expected is not None and tuple(images.shape[2:]) != tuple(expected):
+        raise ValueError(f"{who}: the model takes {expected[0]}x{expected[1]} images, got "
+                         f"{images.shape[2]}x{images.shape[3]}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(f"{who}: one label per image is needed: {len(images)} images, labels of shape "
+                         f"{list(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"{who}: labels must be integer class indices, got {labels.dtype}")
+    classes = getattr(model, "num_classes", clean.num_classes)
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f"{who}: labels must be in [0, {classes}), got {int(labels.min())}..{int(labels.max())}")
+
+
+def clean_batches(clean: ImageSet, batch_size: int, steps: int, device, seed=0, draw_on=None):
     """``steps`` augmented batches (crop + flip), drawn with replacement from the clean set,
-    as the seed papers' code does with a RandomSampler(replacement=True)."""
-    g = torch.Generator().manual_seed(seed)
+    as the seed papers' code does with a RandomSampler(replacement=True).  The images move to
+    ``device`` once; indices and augmentation are drawn there (or on ``draw_on``)."""
+    g = generator(seed, draw_on or device)
     images, labels = clean.images.to(device), clean.labels.to(device)
     for _ in range(steps):
-        index = torch.randint(0, len(labels), (batch_size,), generator=g).to(device)
+        index = torch.randint(0, len(labels), (batch_size,), generator=g, device=g.device).to(device)
         x = random_crop_flip(images[index].float().div_(255), generator=g)
         yield x.contiguous(memory_format=torch.channels_last), labels[index]
 
 
 def cosine_lr(step, steps, lr, final_lr=0.0):
-    return final_lr + 0.5 * (lr - final_lr) * (1 + torch.cos(torch.tensor(torch.pi * step / max(1, steps))).item())
+    return final_lr + 0.5 * (lr - final_lr) * (1 + math.cos(math.pi * step / max(1, steps)))
 
 
 def count_trainable(parameters) -> int:
@@ -66,9 +126,10 @@ def count_trainable(parameters) -> int:
 
 
 def cross_entropy_step(model, optimizer, x, y, autocast):
+    """One plain step; the loss is returned as a tensor (reading it is a host sync)."""
     with autocast:
         loss = F.cross_entropy(model(x), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item()
+    return loss.detach()

@@ -52,8 +52,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from ..progress import progress
-from .base import Defense, clean_batches, count_trainable
+from ..devices import generator
+from .base import Defense, count_trainable
 
 DEFAULTS = dict(steps=2000, batch_size=128, lr=0.005, momentum=0.95,
                 trace_weight=0.005,  # eta_F
@@ -65,7 +65,8 @@ def _signed_trace(log_likelihoods, params, probes=1, create_graph=False, generat
     """||grad sum_i s_i l_i||^2 / B averaged over ``probes`` draws of Rademacher signs s."""
     estimates = []
     for _ in range(probes):
-        signs = torch.randint(0, 2, log_likelihoods.shape, generator=generator).to(log_likelihoods) * 2 - 1
+        signs = torch.randint(0, 2, log_likelihoods.shape, generator=generator,
+                              device=log_likelihoods.device).to(log_likelihoods) * 2 - 1
         grads = torch.autograd.grad((signs * log_likelihoods).sum(), params, create_graph=create_graph,
                                     retain_graph=True)
         estimates.append(sum(g.float().square().sum() for g in grads) / len(log_likelihoods))
@@ -84,7 +85,7 @@ def fisher_trace(model, x, y=None, params=None, probes=1, create_graph=False, ge
         return _signed_trace(log_probs.gather(1, y[:, None]).squeeze(1), params, probes, create_graph, generator)
     estimates = []
     for _ in range(probes):
-        sampled = torch.multinomial(log_probs.detach().exp().cpu(), 1, generator=generator).to(x.device)
+        sampled = torch.multinomial(log_probs.detach().exp(), 1, generator=generator)
         estimates.append(_signed_trace(log_probs.gather(1, sampled).squeeze(1), params, 1, create_graph, generator))
     return torch.stack(estimates).mean()
 
@@ -121,11 +122,11 @@ class FIP(Defense):
         fisher = fisher_diagonal(model, images, clean.labels.to(self.device), params, self.autocast())
         start = [p.detach().clone() for p in params]
         optimizer = torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"], weight_decay=0.0)
-        g = torch.Generator().manual_seed(self.seed + 1)
+        g = generator(self.seed + 1, self.device)
         traces = []
         model.train()
-        batches = clean_batches(clean, c["batch_size"], c["steps"], self.device, self.seed)
-        for step, (x, y) in enumerate(progress(batches, total=c["steps"], desc=self.name, enabled=self.progress)):
+        batches = self.batches(clean, c["batch_size"], c["steps"])
+        for step, (x, y) in self.steps(batches, c["steps"], model=model):
             with self.autocast():
                 logits = model(x)
             log_likelihoods = F.log_softmax(logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
@@ -133,7 +134,7 @@ class FIP(Defense):
             if c["trace_weight"] > 0 and step % c["trace_every"] == 0:
                 trace = _signed_trace(log_likelihoods, params, create_graph=True, generator=g)
                 loss = loss + c["trace_weight"] * trace
-                traces.append(trace.item())
+                traces.append(trace.detach())
             if c["retain_weight"] > 0:
                 drift = sum((f * (p - p0).square()).sum() for f, p, p0 in zip(fisher, params, start))
                 loss = loss + c["retain_weight"] / 2 * drift
@@ -141,6 +142,7 @@ class FIP(Defense):
             loss.backward()
             optimizer.step()
         if traces:  # the Fisher-trace estimate early and late in the run: did it fall?
+            traces = torch.stack(traces).tolist()  # one host sync, after the loop
             k = max(1, len(traces) // 10)
             self.stats["fisher_trace_first"] = round(sum(traces[:k]) / k, 4)
             self.stats["fisher_trace_last"] = round(sum(traces[-k:]) / k, 4)

@@ -39,19 +39,12 @@ import math
 import torch
 from torch import nn
 
-from ..progress import progress
-from .base import Defense, clean_batches, cosine_lr, count_trainable, cross_entropy_step
+from ..layers import classifier_of
+from .ft import FineTuning
 
 DEFAULTS = dict(steps=1000, batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4,
                 acc_drop=0.1, prune_step_ratio=0.01, max_prune_ratio=1.0,
                 layer=None)  # None: the classifier's input (the pooled last feature map)
-
-
-def classifier_of(model) -> nn.Linear:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError("fine-pruning needs a network that ends in a Linear classifier")
-    return linears[-1]
 
 
 @torch.no_grad()
@@ -77,7 +70,7 @@ def channel_activations(model, clean, layer=None, batch_size=256):
     return activation, features
 
 
-class FinePruning(Defense):
+class FinePruning(FineTuning):
     name = "FP"
     DEFAULTS = DEFAULTS
 
@@ -109,17 +102,10 @@ class FinePruning(Defense):
         return pruned
 
     def run(self, model, clean):
-        c = self.config
-        pruned = self.prune(model, clean)
-        classifier = classifier_of(model)
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.stats["trainable_params"] = count_trainable(params)
-        optimizer = torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"])
-        batches = clean_batches(clean, c["batch_size"], c["steps"], self.device, self.seed)
-        for step, (x, y) in enumerate(progress(batches, total=c["steps"], desc="FP", enabled=self.progress)):
-            optimizer.param_groups[0]["lr"] = cosine_lr(step, c["steps"], c["lr"])
-            cross_entropy_step(model, optimizer, x, y, self.autocast())
-            with torch.no_grad():  # the pruned channels stay cut off
-                classifier.weight[:, pruned] = 0.0
-        return model
+        self.pruned, self.classifier = self.prune(model, clean), classifier_of(model)
+        return super().run(model, clean)  # FT's loop; each step is ``update`` below
+
+    def update(self, model, params, optimizer, x, y):
+        super().update(model, params, optimizer, x, y)
+        with torch.no_grad():  # the pruned channels stay cut off
+            self.classifier.weight[:, self.pruned] = 0.0

@@ -9,8 +9,7 @@ so the two differ only in what they train and how.
 """
 import torch
 
-from ..progress import progress
-from .base import Defense, clean_batches, cosine_lr, count_trainable, cross_entropy_step
+from .base import Defense, cosine_lr, count_trainable, cross_entropy_step
 
 DEFAULTS = dict(steps=1000, batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4)
 
@@ -25,8 +24,8 @@ class FineTuning(Defense):
         params = [p for p in model.parameters() if p.requires_grad]
         self.stats["trainable_params"] = count_trainable(params)
         optimizer = torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"])
-        batches = clean_batches(clean, c["batch_size"], c["steps"], self.device, self.seed)
-        for step, (x, y) in enumerate(progress(batches, total=c["steps"], desc=self.name, enabled=self.progress)):
+        batches = self.batches(clean, c["batch_size"], c["steps"])
+        for step, (x, y) in self.steps(batches, c["steps"], model=model):
             optimizer.param_groups[0]["lr"] = cosine_lr(step, c["steps"], c["lr"])
             self.update(model, params, optimizer, x, y)
         return model

@@ -83,7 +83,7 @@ def sam_step(model, params, optimizer, loss_fn, rho, adaptive, autocast=None):
         for p, w_p in zip(params, w):
             p.copy_(w_p)  # back to w; the step below moves w along g'
     optimizer.step()
-    return loss.item(), e
+    return loss.detach(), e
 
 
 class FTSAM(FineTuning):

@@ -36,8 +36,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from ..progress import progress
-from .base import Defense, clean_batches, count_trainable
+from ..devices import generator
+from .base import Defense, count_trainable
 
 DEFAULTS = dict(steps=250, batch_size=100, rounds=5, K=5, lr=0.001, inner_lr=10.0, inner_reg=0.001,
                 norm_bound=10.0, fixed_point_lr=0.1, perturbed_fraction=0.01)
@@ -85,7 +85,7 @@ def universal_perturbation(model, batches, lr, reg, norm_bound, autocast=None):
         delta.grad = torch.autograd.grad(loss, delta)[0]  # the weights' gradients are not needed here
         optimizer.step()
     with torch.no_grad():
-        delta *= min(1.0, norm_bound / (delta.norm().item() + 1e-12))
+        delta *= (norm_bound / (delta.norm() + 1e-12)).clamp(max=1.0)  # on the device: no host sync
     return delta.detach()
 
 
@@ -101,19 +101,19 @@ class IBAU(Defense):
         optimizer = torch.optim.Adam(params, lr=c["lr"])
         rounds = max(1, min(c["rounds"], c["steps"]))
         per_round = [c["steps"] // rounds + (r < c["steps"] % rounds) for r in range(rounds)]
-        batches = clean_batches(clean, c["batch_size"], c["steps"], self.device, self.seed)
-        g = torch.Generator().manual_seed(self.seed + 1)
-        bar = progress(total=c["steps"], desc="I-BAU", enabled=self.progress)
-        self.stats["perturbation_norms"] = []
+        batches = self.batches(clean, c["batch_size"], c["steps"])
+        g = generator(self.seed + 1, self.device)
+        bar = self.steps(range(c["steps"]), c["steps"], model=model)
+        norms = []
         for n in per_round:
             round_batches = list(itertools.islice(batches, n))
             delta = universal_perturbation(model, round_batches, c["inner_lr"], c["inner_reg"], c["norm_bound"],
                                            self.autocast())
-            self.stats["perturbation_norms"].append(round(delta.norm().item(), 4))
+            norms.append(delta.norm())
             for x, y in round_batches:
                 n_perturbed = max(1, int(c["perturbed_fraction"] * len(y)))
                 mask = torch.zeros(len(y), 1, 1, 1, device=x.device)
-                mask[torch.randperm(len(y), generator=g)[:n_perturbed].to(x.device)] = 1.0
+                mask[torch.randperm(len(y), generator=g, device=x.device)[:n_perturbed]] = 1.0
 
                 def outer_loss(d, x=x, y=y, mask=mask):
                     with self.autocast():
@@ -128,6 +128,8 @@ class IBAU(Defense):
                 for p, grad in zip(params, grads):
                     p.grad = grad
                 optimizer.step()
-                bar.update(1)
-        bar.close()
+                next(bar)
+        for _ in bar:  # the last step's callback
+            pass
+        self.stats["perturbation_norms"] = [round(n, 4) for n in torch.stack(norms).tolist()]
         return model

@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..progress import progress
-from .base import Defense, clean_batches, count_trainable, cross_entropy_step
+from .base import Defense, count_trainable, cross_entropy_step
 
 DEFAULTS = dict(steps=1200, batch_size=64, teacher_epochs=10, student_epochs=20, lr=0.1, lr_drop_epoch=2,
                 lr_after_drop=0.01, momentum=0.9, weight_decay=1e-4, nesterov=True,
@@ -95,8 +94,8 @@ class NAD(Defense):
         teacher_steps = round(c["steps"] * c["teacher_epochs"] / (c["teacher_epochs"] + c["student_epochs"]))
         student_steps = c["steps"] - teacher_steps
         self.stats.update(teacher_steps=teacher_steps, student_steps=student_steps)
-        batches = clean_batches(clean, c["batch_size"], c["steps"], self.device, self.seed)
-        bar = progress(total=c["steps"], desc="NAD", enabled=self.progress)
+        batches = self.batches(clean, c["batch_size"], c["steps"])
+        bar = self.steps(range(c["steps"]), c["steps"], model=model)
 
         # stage 1: the teacher, a fine-tuned copy
         teacher = copy.deepcopy(model).train()
@@ -105,7 +104,7 @@ class NAD(Defense):
             optimizer.param_groups[0]["lr"] = self._lr(step, teacher_steps, c["teacher_epochs"])
             x, y = next(batches)
             cross_entropy_step(teacher, optimizer, x, y, self.autocast())
-            bar.update(1)
+            next(bar)
         teacher.eval().requires_grad_(False)
 
         # stage 2: the student, distilled towards the teacher's attention maps
@@ -127,8 +126,9 @@ class NAD(Defense):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            bar.update(1)
-        bar.close()
+            next(bar)
+        for _ in bar:  # the last step's callback
+            pass
         student_hooks.remove()
         teacher_hooks.remove()
         return model

@@ -29,29 +29,20 @@ played by the root-level final BN, which the "inside the blocks" rule leaves
 out.  `mask_final_bn=True` masks it too (measured on the cpu models: no change,
 see results/nft-table1/cpu_profile_calibration.md).
 """
-import numpy as np
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
-from ..progress import progress
-from .base import Defense, clean_batches, cosine_lr
+from ..devices import generator
+from ..layers import attach_masks, clamp_, fold_masks, frozen
+from .base import Defense, cosine_lr
 
 DEFAULTS = dict(steps=1000, batch_size=128, lr=0.05, final_lr=0.02, momentum=0.95,
                 mask_reg=0.001, clamp_alpha=0.8, clamp_beta=0.5, mixup_alpha=1.0,
                 bn_train_mode=True,  # False: BN keeps its running statistics (a diagnostic, not the paper)
                 mask_final_bn=False)  # True: also mask a root-level BN feeding the classifier (a diagnostic)
-
-
-class _ChannelMask(nn.Module):
-    """Parametrisation gamma -> m * gamma with a trainable per-channel mask m."""
-    def __init__(self, channels):
-        super().__init__()
-        self.mask = nn.Parameter(torch.ones(channels))
-
-    def forward(self, weight):
-        return weight * self.mask
 
 
 def _has_batchnorm(module):
@@ -73,10 +64,9 @@ def block_batchnorms(model):
     return [m for m in root.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in direct]
 
 
-def clamp_masks(masks, alpha, beta):
-    with torch.no_grad():
-        for l, m in enumerate(masks, start=1):
-            m.clamp_(alpha * float(np.exp(-beta * l)), 1.0)
+def layer_floors(count, alpha, beta):
+    """The lower bound of layer l's mask (l = 1, 2, ...): alpha * exp(-beta * l)."""
+    return [alpha * math.exp(-beta * l) for l in range(1, count + 1)]
 
 
 class NFT(Defense):
@@ -85,39 +75,36 @@ class NFT(Defense):
 
     def run(self, model, clean):
         c = self.config
-        for p in model.parameters():
-            p.requires_grad_(False)
         layers = block_batchnorms(model)
         every_bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if c["mask_final_bn"] and every_bn and every_bn[-1] not in layers:
             layers.append(every_bn[-1])
         if not layers:
             raise ValueError("NFT needs a network with BatchNorm layers inside its blocks")
-        for bn in layers:
-            parametrize.register_parametrization(bn, "weight", _ChannelMask(bn.num_features))
-        masks = [bn.parametrizations.weight[0].mask for bn in layers]
-        self.stats["trainable_params"] = sum(m.numel() for m in masks)
-        optimizer = torch.optim.SGD(masks, lr=c["lr"], momentum=c["momentum"], weight_decay=0.0)
-        per_class = len(clean) / clean.num_classes
-        beta = torch.distributions.Beta(c["mixup_alpha"], c["mixup_alpha"])
-        g = torch.Generator().manual_seed(self.seed + 1)
-        model.train(c["bn_train_mode"])
-        batches = clean_batches(clean, c["batch_size"], c["steps"], self.device, self.seed)
-        for step, (x, y) in enumerate(progress(batches, total=c["steps"], desc="NFT", enabled=self.progress)):
-            optimizer.param_groups[0]["lr"] = cosine_lr(step, c["steps"], c["lr"], c["final_lr"])
-            lam = beta.sample().item()
-            partner = torch.randperm(len(y), generator=g).to(y.device)
-            with self.autocast():
-                out = model(lam * x + (1 - lam) * x[partner])
-                loss = lam * F.cross_entropy(out, y) + (1 - lam) * F.cross_entropy(out, y[partner])
-            reg = sum((1 - m).abs().sum() for m in masks) * c["mask_reg"] / per_class
-            optimizer.zero_grad(set_to_none=True)
-            (loss + reg).backward()
-            optimizer.step()
-            clamp_masks(masks, c["clamp_alpha"], c["clamp_beta"])
-        self.stats["mask_mean_per_layer"] = [round(m.mean().item(), 3) for m in masks]
-        for bn in layers:  # fold the masks into the BN weights: a plain model comes back
-            parametrize.remove_parametrizations(bn, "weight", leave_parametrized=True)
-        for p in model.parameters():
-            p.requires_grad_(True)
+        with frozen(model):
+            masks = attach_masks(layers)
+            self.stats["trainable_params"] = sum(m.numel() for m in masks)
+            floors = layer_floors(len(masks), c["clamp_alpha"], c["clamp_beta"])
+            optimizer = torch.optim.SGD(masks, lr=c["lr"], momentum=c["momentum"], weight_decay=0.0)
+            per_class = len(clean) / clean.num_classes
+            beta = torch.distributions.Beta(torch.tensor(c["mixup_alpha"], device=self.device),
+                                            torch.tensor(c["mixup_alpha"], device=self.device))
+            g = generator(self.seed + 1, self.device)
+            model.train(c["bn_train_mode"])
+            batches = self.batches(clean, c["batch_size"], c["steps"])
+            for step, (x, y) in self.steps(batches, c["steps"], model=model):
+                optimizer.param_groups[0]["lr"] = cosine_lr(step, c["steps"], c["lr"], c["final_lr"])
+                lam = beta.sample()  # on the device: no host sync
+                partner = torch.randperm(len(y), generator=g, device=y.device)
+                with self.autocast():
+                    out = model(lam * x + (1 - lam) * x[partner])
+                    loss = lam * F.cross_entropy(out, y) + (1 - lam) * F.cross_entropy(out, y[partner])
+                reg = sum((1 - m).abs().sum() for m in masks) * c["mask_reg"] / per_class
+                optimizer.zero_grad(set_to_none=True)
+                (loss + reg).backward()
+                optimizer.step()
+                clamp_(masks, floors, 1.0)
+            self.stats["mask_mean_per_layer"] = [round(m.mean().item(), 3) for m in masks]
+            self.stats["masks_below_half"] = sum(int((m < 0.5).sum()) for m in masks)
+            fold_masks(layers)  # a plain model comes back
         return model

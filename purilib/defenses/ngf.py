@@ -47,14 +47,14 @@ Limitation seen here (cpu-profile BadNets, PreActResNet-18 x0.25): triggered ima
 features sit in the target class's cluster, so even a classifier refitted from scratch on clean
 features keeps ASR near 90-100%; no classifier-only method, NGF included, removes that backdoor.
 """
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..progress import progress
-from .base import Defense, clean_batches
+from ..devices import generator
+from ..layers import classifier_of, frozen
+from .base import Defense
 
 DEFAULTS = {"steps": 500, "batch_size": 128, "layer": "classifier", "reinit": True, "lr": 0.01, "momentum": 0.9,
             "stat_decay": 0.95, "damping": 1e-3, "kl_clip": 1e-2, "weight_decay": 1e-4, "cov_every": 10,
@@ -64,10 +64,8 @@ DEFAULTS = {"steps": 500, "batch_size": 128, "layer": "classifier", "reinit": Tr
 def find_layer(model, layer="classifier"):
     """(name, module) of the layer to fine-tune: "classifier" is the last nn.Linear."""
     if layer == "classifier":
-        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise ValueError("NGF: the model has no nn.Linear layer to use as the classifier")
-        return linears[-1]
+        classifier = classifier_of(model)
+        return next(n for n, m in model.named_modules() if m is classifier), classifier
     modules = dict(model.named_modules())
     if layer not in modules:
         raise ValueError(f"NGF: the model has no module named '{layer}'")
@@ -138,7 +136,7 @@ def eigenbasis_second_moment(a, g, q_a, q_g, chunk=8):
     return total / len(a)
 
 
-def fisher_diagonal(model, layer, captured, clean, batch_size, device, chunk=8):
+def layer_fisher_diagonal(model, layer, captured, clean, batch_size, device, chunk=8):
     """Mean over the clean set of the squared per-sample gradients of log p(y|x) w.r.t. the
     layer (out x in matrix); per-sample gradient = sum over positions of g a^T."""
     total = 0.0
@@ -160,35 +158,37 @@ class NGF(Defense):
     def run(self, model, clean):
         c = self.config
         layer_name, layer = find_layer(model, c["layer"])
-        requires_grad = {p: p.requires_grad for p in model.parameters()}
-        for p in model.parameters():
-            p.requires_grad_(False)
         params = [p for p in layer.parameters(recurse=False)]
-        for p in params:
-            p.requires_grad_(True)
         self.stats.update(layer=layer_name, trainable_params=sum(p.numel() for p in params))
+        with frozen(model, trainable=params):
+            nus = self.fine_tune(model, layer, params, clean)
+        self.stats["kl_clip_scale_mean"] = round(torch.stack(nus).mean().item(), 4) if nus else 1.0
+        return model
+
+    def fine_tune(self, model, layer, params, clean):
+        """The released optimiser on ``layer`` (everything else frozen); returns the KL-clip scales."""
+        c = self.config
         model.eval()  # the frozen part (BN running statistics included) must not move
 
         captured = {}
         hook = layer.register_forward_hook(lambda m, inputs, output: captured.update({"in": inputs[0], "out": output}))
         w0 = weight_matrix(layer).detach().clone()  # the regulariser's anchor and Fisher: the suspect weights
-        fisher = fisher_diagonal(model, layer, captured, clean, c["batch_size"], self.device)
+        fisher = layer_fisher_diagonal(model, layer, captured, clean, c["batch_size"], self.device)
         if c["reinit"]:
             with torch.no_grad():
                 nn.init.xavier_uniform_(layer.weight)
         optimizer = torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"])
-        g_sample = torch.Generator().manual_seed(self.seed + 1)
+        g_sample = generator(self.seed + 1, self.device)
         decay, cov_a, cov_g, nus = c["stat_decay"], None, None, []
-        batches = clean_batches(clean, c["batch_size"], c["steps"], self.device, self.seed)
-        for step, (x, y) in enumerate(progress(batches, total=c["steps"], desc="NGF", enabled=self.progress)):
+        batches = self.batches(clean, c["batch_size"], c["steps"])
+        for step, (x, y) in self.steps(batches, c["steps"], model=model):
             with self.autocast():
                 logits = model(x).float()
             loss = F.cross_entropy(logits, y) + c["fisher_reg"] / 2 * (fisher * (weight_matrix(layer) - w0) ** 2).sum()
 
             refresh_cov, refresh_scale = step % c["cov_every"] == 0, step > 0 and step % c["scale_every"] == 0
             if refresh_cov or refresh_scale:  # output gradients for labels sampled from the model (true Fisher)
-                probs = logits.detach().softmax(1).cpu()
-                sampled = torch.multinomial(probs, 1, generator=g_sample).squeeze(1).to(y.device)
+                sampled = torch.multinomial(logits.detach().softmax(1), 1, generator=g_sample).squeeze(1)
                 (g,) = torch.autograd.grad(F.cross_entropy(logits, sampled, reduction="sum"), captured["out"],
                                            retain_graph=True)
                 a, g = input_rows(layer, captured["in"].detach().float()), output_rows(layer, g.float())
@@ -209,8 +209,8 @@ class NGF(Defense):
             loss.backward()
             grad = weight_matrix(layer, use_grad=True)
             v = eigenbasis_direction(grad, q_a, q_g, scale, c["damping"])
-            vg = c["lr"] ** 2 * (v * grad).sum().item()
-            nu = min(1.0, math.sqrt(c["kl_clip"] / vg)) if vg > 0 else 1.0
+            vg = c["lr"] ** 2 * (v * grad).sum()  # on the device: no host sync per step
+            nu = torch.where(vg > 0, (c["kl_clip"] / vg.clamp(min=1e-30)).sqrt().clamp(max=1.0), 1.0)
             update = nu * v
             if step >= 20 * c["cov_every"]:  # the released optimiser starts its weight decay after 20 statistics updates
                 update = update + c["weight_decay"] * weight_matrix(layer).detach()
@@ -219,8 +219,6 @@ class NGF(Defense):
             optimizer.step()
 
         hook.remove()
-        for p, flag in requires_grad.items():
-            p.requires_grad_(flag)
-        self.stats["kl_clip_scale_mean"] = round(sum(nus) / max(1, len(nus)), 4)
         self.stats["distance_from_start"] = round((weight_matrix(layer).detach() - w0).norm().item(), 4)
-        return model
+        return nus
+

@@ -42,9 +42,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..progress import progress
+from ..layers import clamp_
 from .anp import attach_neuron_masks, prune_neurons, select_neurons
-from .base import Defense, clean_batches, count_trainable
+from .base import Defense, count_trainable
 
 DEFAULTS = dict(steps=160, batch_size=128, unlearn_fraction=0.5, unlearning_lr=0.01, momentum=0.9,
                 weight_decay=5e-4, lr_drop=0.1, grad_clip=20.0, clean_threshold=0.2,
@@ -64,9 +64,10 @@ class RNP(Defense):
         optimizer = torch.optim.SGD(params, lr=c["unlearning_lr"], momentum=c["momentum"],
                                     weight_decay=c["weight_decay"])
         model.train()
-        correct = seen = steps = 0
-        batches = clean_batches(clean, c["batch_size"], budget, self.device, self.seed)
-        for step, (x, y) in enumerate(progress(batches, total=budget, desc="RNP unlearn", enabled=self.progress)):
+        seen = steps = 0
+        batches = self.batches(clean, c["batch_size"], budget)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)  # counted on the device
+        for step, (x, y) in self.steps(batches, budget, desc="RNP unlearn", model=model):
             lr = c["unlearning_lr"] * (c["lr_drop"] if step >= budget // 2 else 1.0)
             optimizer.param_groups[0]["lr"] = lr
             with self.autocast():
@@ -77,9 +78,10 @@ class RNP(Defense):
             if c["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(params, max_norm=c["grad_clip"])
             optimizer.step()
-            correct, seen, steps = correct + (out.argmax(1) == y).sum().item(), seen + len(y), step + 1
-            if steps % epoch == 0:
-                accuracy, correct, seen = correct / seen, 0, 0
+            correct, seen, steps = correct + (out.argmax(1) == y).sum(), seen + len(y), step + 1
+            if steps % epoch == 0:  # one host sync per pass through the clean set
+                accuracy, seen = correct.item() / seen, 0
+                correct.zero_()
                 if accuracy <= c["clean_threshold"]:
                     break
         self.stats["unlearning_steps"] = steps
@@ -93,16 +95,14 @@ class RNP(Defense):
         mask_params = list(masks.values())
         optimizer = torch.optim.SGD(mask_params, lr=c["recovering_lr"], momentum=c["momentum"])
         unlearned.train()
-        batches = clean_batches(clean, c["batch_size"], steps, self.device, self.seed + 1)
-        for x, y in progress(batches, total=steps, desc="RNP recover", enabled=self.progress):
+        batches = self.batches(clean, c["batch_size"], steps, seed_offset=1)
+        for _, (x, y) in self.steps(batches, steps, desc="RNP recover", model=unlearned):
             with self.autocast():
                 loss = c["alpha"] * F.cross_entropy(unlearned(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            with torch.no_grad():
-                for m in mask_params:
-                    m.clamp_(0.0, 1.0)
+            clamp_(mask_params, 0.0, 1.0)
         return {name: m.detach().cpu().clone() for name, m in masks.items()}
 
     def run(self, model, clean):

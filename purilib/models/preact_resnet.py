@@ -16,8 +16,8 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 class Normalize(nn.Module):
     def __init__(self, mean=CIFAR10_MEAN, std=CIFAR10_STD):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.register_buffer("mean", torch.tensor(mean, device="cpu").view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, device="cpu").view(1, -1, 1, 1))
 
     def forward(self, x):
         return (x - self.mean) / self.std
@@ -56,6 +56,7 @@ class PreActResNet18(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.bn = nn.BatchNorm2d(in_planes)
         self.linear = nn.Linear(in_planes, num_classes)
+        self.num_classes, self.input_size = num_classes, (32, 32)  # what purify checks clean data against
 
     def features(self, x):
         out = self.conv1(self.normalize(x))

@@ -22,6 +22,7 @@ class ResNet18(ResNet):
         self.conv1 = nn.Sequential(Normalize(), nn.Conv2d(3, stem, 3, 1, 1, bias=False))
         self.bn1 = nn.BatchNorm2d(stem)
         self.maxpool = nn.Identity()
+        self.num_classes, self.input_size = num_classes, (32, 32)  # what purify checks clean data against
         for m in self.modules():  # torchvision's initialisation, for the layers rebuilt here too
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -1,0 +1,80 @@
+"""What several methods need to know about a network's structure, and masks on its weights.
+
+- ``classifier_of(model)``: the last ``nn.Linear`` (the classifier of every model here).
+- ``batchnorms(model)``: every affine BatchNorm layer, by module name.
+- ``Mask`` / ``attach_masks`` / ``fold_masks``: a trainable multiplicative mask on a
+  weight through ``torch.nn.utils.parametrize`` (architecture-agnostic): per output
+  channel (NFT, ANP, RNP: gamma -> m * gamma) or per element (AWM: W -> m * W).
+  Masks are made on the weight's device and dtype (``torch.ones_like``).
+- ``frozen(model, trainable)``: every parameter frozen but ``trainable``, restored after.
+"""
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+def classifier_of(model) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the model has no nn.Linear classifier")
+    return linears[-1]
+
+
+def batchnorms(model) -> dict:
+    """Every affine BatchNorm layer of the network, by module name, in module order."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine}
+
+
+class Mask(nn.Module):
+    """Parametrisation w -> m * w with a trainable mask m of w's shape (``extra`` adds a second
+    trainable term while ``switch['perturbed']`` is set: ANP's noise)."""
+    def __init__(self, weight, switch=None):
+        super().__init__()
+        self.mask = nn.Parameter(torch.ones_like(weight))
+        self.switch = switch
+        if switch is not None:
+            self.noise = nn.Parameter(torch.zeros_like(weight))
+
+    def forward(self, weight):
+        if self.switch is not None and self.switch["perturbed"]:
+            return weight * (self.mask + self.noise)
+        return weight * self.mask
+
+
+def attach_masks(modules, name="weight", switch=None) -> list:
+    """Register a :class:`Mask` on ``name`` of each module; return the masks (trainable)."""
+    for module in modules:
+        parametrize.register_parametrization(module, name, Mask(getattr(module, name), switch))
+    return [getattr(module.parametrizations, name)[0].mask for module in modules]
+
+
+def fold_masks(modules, name="weight"):
+    """Write m * w into plain weights and drop the parametrisations: a plain model comes back."""
+    for module in modules:
+        if parametrize.is_parametrized(module, name):
+            parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+
+
+@contextmanager
+def frozen(model, trainable=()):
+    """Freeze every parameter of ``model`` except ``trainable``; restore each flag on exit."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    keep = {id(p) for p in trainable}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    try:
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+
+def clamp_(tensors, low, high):
+    """Clamp each tensor in place (masks after an optimiser step); ``low`` may be one bound per tensor."""
+    lows = low if isinstance(low, (list, tuple)) else [low] * len(tensors)
+    with torch.no_grad():
+        for t, lo in zip(tensors, lows):
+            t.clamp_(lo, high)
