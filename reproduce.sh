@@ -18,7 +18,7 @@ set -euo pipefail
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }  # against the caller's directory
 
 usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
-as_json_list() { local IFS=,; local items=($1) out="" item; for item in "${items[@]}"; do out+="${out:+, }\"$item\""; done; echo "[$out]"; }
+fail() { echo "error: $1" >&2; exit 2; }
 
 table="" profile="smoke" seeds=1 device="auto" data_root="${PURILIB_DATA_ROOT:-}" list=0 attacks="" defenses=""
 clean_per_class="" from_records=False
@@ -26,21 +26,21 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --list) list=1 ;;
     --from-records) from_records=True ;;
-    --profile) profile="${2:?--profile needs a value}"; shift ;;
-    --seeds) seeds="${2:?--seeds needs a value}"; shift ;;
-    --device) device="${2:?--device needs a value}"; shift ;;
-    --data-root) data_root="${2:?--data-root needs a value}"; shift ;;
-    --attacks) attacks="${2:?--attacks needs a value}"; shift ;;
-    --defenses) defenses="${2:?--defenses needs a value}"; shift ;;
-    --clean-per-class) clean_per_class="${2:?--clean-per-class needs a value}"; shift ;;
+    --profile|--seeds|--device|--data-root|--attacks|--defenses|--clean-per-class)
+      { [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#--}" = "$2" ]; } || fail "$1 needs a value (see ./reproduce.sh --help)"
+      case "$1" in
+        --profile) profile="$2" ;; --seeds) seeds="$2" ;; --device) device="$2" ;; --data-root) data_root="$2" ;;
+        --attacks) attacks="$2" ;; --defenses) defenses="$2" ;; --clean-per-class) clean_per_class="$2" ;;
+      esac
+      shift ;;
     -h|--help) usage; exit 0 ;;
-    -*) echo "error: unknown option '$1' (see ./reproduce.sh --help)" >&2; exit 2 ;;
-    *) [ -z "$table" ] || { echo "error: one table at a time ('$table' and '$1' given)" >&2; exit 2; }; table="$1" ;;
+    -*) fail "unknown option '$1' (see ./reproduce.sh --help)" ;;
+    *) [ -z "$table" ] || fail "one table at a time ('$table' and '$1' given)"; table="$1" ;;
   esac
   shift
 done
-case "$seeds" in ''|*[!0-9]*|0) echo "error: --seeds needs a positive integer, not '$seeds'" >&2; exit 2 ;; esac
-case "$clean_per_class" in *[!0-9]*|0) echo "error: --clean-per-class needs a positive integer, not '$clean_per_class'" >&2; exit 2 ;; esac
+case "$seeds" in ''|*[!0-9]*|0) fail "--seeds needs a positive integer, not '$seeds'" ;; esac
+case "$clean_per_class" in *[!0-9]*|0) fail "--clean-per-class needs a positive integer, not '$clean_per_class'" ;; esac
 # the notebook runs in notebooks/: hand it absolute paths
 [ -n "$data_root" ] && data_root=$(absolute "$data_root")
 for var in PURILIB_CACHE_DIR PURILIB_RESULTS_DIR; do
@@ -64,18 +64,39 @@ fi
 if [ "$list" = 1 ]; then exec "$python" -m purilib.cli list; fi
 [ -n "$table" ] || { usage; exit 2; }
 
-plan=$("$python" -m purilib.cli check "$table" "$profile" ${data_root:+"$data_root"}) || exit 2
-while read -r table_id notebook; do
+# every request checked before any kernel starts: one line naming the fix, exit status 2
+plan=$("$python" -m purilib.cli check "$table" "$profile" --data-root "$data_root" --device "$device" \
+  --attacks "$attacks" --defenses "$defenses" --seeds "$seeds" ${clean_per_class:+--clean-per-class "$clean_per_class"}) \
+  || exit 2
+
+# killing this script stops papermill and its kernel too: they run in a process group of their own
+child=""
+stop() { [ -z "$child" ] || kill -TERM -- "-$child" 2>/dev/null; exit 130; }
+trap stop INT TERM HUP
+while IFS=$'\t' read -r table_id notebook attack_list defense_list; do
   out="${PURILIB_RESULTS_DIR:-$PWD/results}/$table_id/$profile"
   mkdir -p "$out"
   echo "== $table_id, profile $profile, seeds $seeds -> $out/" >&2
   start=$(date +%s)
   params=(-r profile "$profile" -p seeds "$seeds" -r device "$device" -r output_dir "$out" -r data_root "$data_root")
-  [ -z "$attacks" ] || params+=(-y "{\"attacks\": $(as_json_list "$attacks")}")
-  [ -z "$defenses" ] || params+=(-y "{\"defenses\": $(as_json_list "$defenses")}")
+  [ "$attack_list" = null ] || params+=(-y "{\"attacks\": $attack_list}")
+  [ "$defense_list" = null ] || params+=(-y "{\"defenses\": $defense_list}")
   [ -z "$clean_per_class" ] || params+=(-p clean_per_class "$clean_per_class")
   [ "$from_records" = False ] || params+=(-p from_records True)
-  PURILIB_PROGRESS="${PURILIB_PROGRESS:-1}" "$python" -m papermill "notebooks/$notebook" "$out/$notebook" \
-    "${params[@]}" --cwd notebooks --log-output --kernel python3
+  # the executed notebook is the record of the run: written beside the last good one, moved over it
+  # only when the run succeeded; a failed run's stays as <notebook>.failed.ipynb
+  running="$out/.${notebook%.ipynb}.running.ipynb"
+  PURILIB_PROGRESS="${PURILIB_PROGRESS:-1}" setsid "$python" -m papermill "notebooks/$notebook" "$running" \
+    "${params[@]}" --cwd notebooks --log-output --kernel python3 &
+  child=$!
+  status=0; wait "$child" || status=$?
+  child=""
+  if [ "$status" != 0 ]; then
+    mv -f "$running" "$out/${notebook%.ipynb}.failed.ipynb" 2>/dev/null || true
+    echo "== $table_id FAILED (status $status): $out/${notebook%.ipynb}.failed.ipynb; the last good record is untouched" >&2
+    exit "$status"
+  fi
+  mv -f "$running" "$out/$notebook"
+  rm -f "$out/${notebook%.ipynb}.failed.ipynb"
   echo "== $table_id done in $(( $(date +%s) - start )) s: $out/table.md" >&2
 done <<< "$plan"

@@ -19,6 +19,7 @@ reference / current.  Defaults: full width on a GPU; on the CPU the ``cpu`` prof
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -102,4 +103,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PURILIB_PROGRESS", "0")
     sys.exit(main())

@@ -5,6 +5,7 @@ code when loaded.  purilib writes safetensors and reads either safetensors or a
 plain state dict through ``torch.load(..., weights_only=True)``, which refuses
 any pickled object that is not a tensor or a plain container.
 """
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -14,6 +15,19 @@ from safetensors.torch import load_file, save_file
 
 class UnsafeCheckpointError(ValueError):
     pass
+
+
+def weights_digest(model_or_state) -> str:
+    """A digest of the weights themselves (every tensor's bytes, by name): two models share it only
+    if they compute the same function, whatever configuration made them."""
+    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
 
 
 def save_weights(model_or_state, path) -> None:

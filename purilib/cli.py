@@ -1,12 +1,64 @@
-"""Helpers for ./reproduce.sh: ``python -m purilib.cli list`` and
-``python -m purilib.cli check TABLE PROFILE [DATA_ROOT]`` (prints 'table_id notebook'
-per table to run, or one line saying what is wrong, exit status 2)."""
+"""Helpers for ./reproduce.sh, so that a bad request is refused before any kernel starts.
+
+``python -m purilib.cli list``: the tables and profiles.
+``python -m purilib.cli check TABLE PROFILE [--data-root D] [--device D] [--attacks A,B] [--defenses X,Y]
+[--clean-per-class K] [--seeds N]``: prints one line per table to run,
+``table_id notebook attacks-json defenses-json``, tab-separated (names trimmed), or one line saying what is
+wrong and how to fix it, exit status 2.  For real CIFAR-10 it also decodes the data set once
+(cached), so that an unreadable archive is named here, not in a notebook traceback.
+"""
+import argparse
+import difflib
+import json
 import sys
 
 from . import settings
-from .data import DataNotFoundError, _find_cifar10
-from .profiles import PROFILES, get_profile
+from .data import DataNotFoundError, load_cifar10
+from .devices import resolve_device
+from .profiles import PROFILES, get_profile, reserved_per_class
 from .tables import TABLES, resolve_tables
+
+
+def _names(text):
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
+def _unknown(requested, allowed, kind, table):
+    for name in requested or []:
+        if name not in allowed:
+            close = difflib.get_close_matches(name, allowed, n=2, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"{table.id} has no {kind} '{name}'{hint} (it has: {', '.join(allowed)})")
+
+
+def check(argv):
+    parser = argparse.ArgumentParser(prog="purilib.cli check")
+    parser.add_argument("table")
+    parser.add_argument("profile")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--attacks", default="")
+    parser.add_argument("--defenses", default="")
+    parser.add_argument("--clean-per-class", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=1)
+    args = parser.parse_args(argv)
+    tables, profile = resolve_tables(args.table), get_profile(args.profile)
+    resolve_device(args.device)
+    attacks, defenses = _names(args.attacks), _names(args.defenses)
+    for table in tables:
+        if profile.name not in table.profiles:
+            raise ValueError(f"table {table.id} has no profile '{profile.name}' (it has: {', '.join(table.profiles)})")
+        _unknown(attacks, table.attacks, "row (attack)", table)
+        _unknown(defenses, table.defenses, "column (defense)", table)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds needs a positive integer, not {args.seeds}")
+    pool = reserved_per_class(profile)
+    if args.clean_per_class is not None and not 1 <= args.clean_per_class <= pool:
+        raise ValueError(f"--clean-per-class must be in 1..{pool}: the {profile.name} profile reserves {pool} "
+                         f"clean images per class for the defenses, not {args.clean_per_class}")
+    if profile.training["dataset"] == "cifar10":
+        load_cifar10("test", settings.data_root(args.data_root))  # decoded once, cached; names a bad file
+    return ["\t".join([t.id, t.notebook, json.dumps(attacks), json.dumps(defenses)]) for t in tables]
 
 
 def main(argv):
@@ -19,19 +71,13 @@ def main(argv):
         for p in PROFILES.values():
             print(f"  {p.name:<7} {p.description}")
         return 0
-    if argv[:1] == ["check"] and len(argv) in (3, 4):
+    if argv[:1] == ["check"]:
         try:
-            tables, profile = resolve_tables(argv[1]), get_profile(argv[2])
-            for table in tables:
-                if profile.name not in table.profiles:
-                    raise ValueError(f"table {table.id} has no profile '{profile.name}'")
-            if profile.training["dataset"] == "cifar10":
-                _find_cifar10(settings.data_root(argv[3] if len(argv) == 4 else None), download=False)
+            lines = check(argv[1:])
         except (ValueError, DataNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        for table in tables:
-            print(table.id, table.notebook)
+        print("\n".join(lines))
         return 0
     print(__doc__, file=sys.stderr)
     return 2

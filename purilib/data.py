@@ -17,6 +17,7 @@ import hashlib
 import io
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,7 +145,11 @@ def load_cifar10(split: str, data_root=None, download=False, cache_dir=None, per
     tag = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     cached = settings.cache_dir(cache_dir) / "data" / f"cifar10-{kind}-{tag}.npz"
     if not cached.exists():
-        arrays = {"batches": _from_batches, "tree": _from_tree, "tarball": _from_tarball}[kind](path)
+        try:
+            arrays = {"batches": _from_batches, "tree": _from_tree, "tarball": _from_tarball}[kind](path)
+        except (EOFError, OSError, tarfile.TarError, pickle.UnpicklingError, zlib.error, KeyError) as error:
+            raise DataNotFoundError(f"'{path}' could not be read as CIFAR-10 ({type(error).__name__}: {error}); "
+                                    "is it truncated? Copy it again or point the data root elsewhere") from None
         if arrays is None:
             raise DataNotFoundError(f"'{path}' holds no cifar10/{{train,test}}/<class>/ images")
         cached.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from . import settings
 from .data import clean_subset
 from .defenses import NO_DEFENSE, create_defense
 from .metrics import defense_effectiveness_rating, evaluate
-from .profiles import defense_overrides, get_profile, training_settings
+from .profiles import defense_overrides, get_profile, reserved_per_class, training_settings
 from .devices import device_name, resolve_device
 from .provenance import code_version
 from .tables import get_table, published
@@ -53,6 +53,9 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     clean_per_class = prof.clean_per_class if clean_per_class is None else clean_per_class
     if not (isinstance(clean_per_class, int) and clean_per_class >= 1):
         raise ValueError(f"clean_per_class must be a positive integer, not {clean_per_class!r}")
+    if clean_per_class > reserved_per_class(prof):
+        raise ValueError(f"clean_per_class {clean_per_class} is more than the {reserved_per_class(prof)} clean images "
+                         f"per class the {prof.name} profile reserves for the defenses")
     attacks = list(attacks or table.attacks)
     defenses = list(defenses or table.defenses)
     _check_names(attacks, table.attacks, "attacks", table)
@@ -78,7 +81,34 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
             for defense_name in defenses:
                 records.append(_run_cell(table, prof, attack_name, attack, defense_name, seed, model, manifest,
                                          clean, test, before, device, out, progress))
-    return pd.DataFrame(records)
+    reused = sum(bool(r.pop("reused", False)) for r in records)
+    print(f"{table.id} ({prof.name}): {len(records) - reused} cells computed, {reused} reused from "
+          f"{out / 'records'} (same weights, code and settings)")
+    return merge_records(load_records(out), pd.DataFrame(records))
+
+
+def merge_records(earlier: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
+    """The table's records: ``latest`` (this run's cells) with the ``earlier`` ones of the folder that it
+    does not replace, so that a partial run adds its rows to the table instead of replacing it.  A row
+    (attack, seed, clean images per class) never mixes models: where its records were computed from
+    different weights, only those of the latest run (else of the latest finished record) are kept."""
+    if len(earlier) and "finished" in earlier:
+        earlier = earlier.sort_values("finished", ascending=False, kind="stable")
+    frame = pd.concat([latest, earlier], ignore_index=True) if len(earlier) else latest.copy()
+    if frame.empty:
+        return frame
+    if "clean_per_class" not in frame:
+        frame["clean_per_class"] = np.nan
+    frame["clean_per_class"] = frame["clean_per_class"].fillna(frame["clean_images"] // 10).astype(int)
+    frame = frame.drop_duplicates(["attack", "defense", "seed", "clean_per_class"], keep="first")
+    identity = frame["weights_digest"] if "weights_digest" in frame else pd.Series(np.nan, index=frame.index)
+    if "model_key" in frame:  # records written before weights digests: their recipe stands in
+        identity = identity.fillna(frame["model_key"])
+    frame = frame.assign(_model=identity.fillna(""), _order=range(len(frame)))
+    kept = []
+    for _, row in frame.groupby(["attack", "seed", "clean_per_class"], sort=False):
+        kept.append(row[row["_model"] == row.sort_values("_order")["_model"].iloc[0]])
+    return pd.concat(kept).sort_values("_order").drop(columns=["_model", "_order"]).reset_index(drop=True)
 
 
 def record_path(out, prof, attack_name, defense_name, seed, per_class) -> Path:
@@ -124,12 +154,16 @@ def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manif
     if defense_name != NO_DEFENSE:
         defense = create_defense(defense_name, device=device, bf16=prof.bf16, seed=seed, progress=progress,
                                  **overrides)
-    # a finished record is reused only if model, clean data and the defense's full settings match
-    identity = {"model_key": manifest["key"], "clean_checksum": clean.checksum(),
-                "defense_config": defense.config if defense else {}}
+    # a finished record is reused only if it was computed from these very weights (not only the same
+    # recipe: another machine trains other weights from it), by this code, on the same clean data, with
+    # the defense's full settings
+    identity = {"model_key": manifest["key"], "weights_digest": manifest["weights_digest"],
+                "code_version": code_version(), "clean_checksum": clean.checksum(),
+                "defense_config": _as_json(defense.config if defense else {})}
     if path.exists():
         record = json.loads(path.read_text())
         if all(record.get(k) == v for k, v in identity.items()):
+            record["reused"] = True
             return record  # finished in an earlier run
     trainable, seconds, after = 0, 0.0, before
     if defense is not None:
@@ -145,7 +179,7 @@ def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manif
         "acc_before": before["acc"], "asr_before": before.get("asr", np.nan), "seconds": round(seconds, 2),
         "trainable_params": trainable, "overrides": overrides, **identity,
         "clean_images": len(clean), "clean_per_class": per_class, "training_config": manifest["config"],
-        "code_version": code_version(), "torch": torch.__version__, "device": device, "device_name": device_name(device),
+        "torch": torch.__version__, "device": device, "device_name": device_name(device),
         "host": platform.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_average_1min": round(os.getloadavg()[0], 2),  # wall seconds mean little on a busy machine
     }

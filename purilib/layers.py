@@ -6,7 +6,8 @@
   weight through ``torch.nn.utils.parametrize`` (architecture-agnostic): per output
   channel (NFT, ANP, RNP: gamma -> m * gamma) or per element (AWM: W -> m * W).
   Masks are made on the weight's device and dtype (``torch.ones_like``).
-- ``frozen(model, trainable)``: every parameter frozen but ``trainable``, restored after.
+- ``freeze(model, trainable)`` / ``frozen(...)``: every parameter frozen but ``trainable`` (restored
+  after, for the context manager).
 """
 from contextlib import contextmanager
 
@@ -58,13 +59,19 @@ def fold_masks(modules, name="weight"):
             parametrize.remove_parametrizations(module, name, leave_parametrized=True)
 
 
-@contextmanager
-def frozen(model, trainable=()):
-    """Freeze every parameter of ``model`` except ``trainable``; restore each flag on exit."""
+def freeze(model, trainable=()) -> dict:
+    """Freeze every parameter of ``model`` except ``trainable``; return the previous flags."""
     flags = {p: p.requires_grad for p in model.parameters()}
     keep = {id(p) for p in trainable}
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
+    return flags
+
+
+@contextmanager
+def frozen(model, trainable=()):
+    """``freeze`` inside; each parameter's flag restored on exit."""
+    flags = freeze(model, trainable)
     try:
         yield
     finally:

@@ -115,3 +115,14 @@ def training_settings(profile: Profile, attack: str) -> dict:
 
 def defense_overrides(profile: Profile, defense: str) -> dict:
     return {**profile.defense_overrides.get("*", {}), **profile.defense_overrides.get(defense, {})}
+
+
+TRAINING_IMAGES = {"cifar10": 50_000, "synthetic": 5_000}  # the training split's size (synthetic: its default)
+
+
+def reserved_per_class(profile: Profile, num_classes=10) -> int:
+    """Clean images per class the profile reserves for the defenses (the most ``clean_per_class`` may ask)."""
+    kwargs = profile.training.get("dataset_kwargs", {})
+    images = kwargs.get("num_train") or (kwargs["per_class"] * num_classes if kwargs.get("per_class") else
+                                         TRAINING_IMAGES[profile.training["dataset"]])
+    return int(round(images * profile.training.get("reserve_fraction", 0.05) / num_classes))

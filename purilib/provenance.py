@@ -10,19 +10,22 @@ import torch
 
 
 def code_version() -> str:
-    """The git commit of the purilib checkout (``-dirty`` if it has uncommitted changes)."""
+    """The git commit of the purilib checkout; with uncommitted changes to the package,
+    ``<commit>-dirty-<digest of those changes>``, so that two different edits never share a version."""
     checkout = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True,
                                 text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "purilib"],
-                               cwd=checkout, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "HEAD", "--", "purilib"],
+                               cwd=checkout, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", ""
     if not commit:
         from . import __version__
         return f"purilib-{__version__}"
-    return commit[:12] + ("-dirty" if dirty else "")
+    if not dirty:
+        return commit[:12]
+    return f"{commit[:12]}-dirty-{hashlib.sha256(dirty.encode()).hexdigest()[:8]}"
 
 
 def config_key(config: dict) -> str:

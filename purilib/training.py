@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from . import settings
 from .attacks import AttackContext, create_attack
 from .augment import random_crop_flip
-from .checkpoints import load_weights, save_weights
+from .checkpoints import load_weights, save_weights, weights_digest
 from .data import create_dataset, defense_split
 from .devices import device_name, fork_rng, generator, resolve_device
 from .metrics import evaluate
@@ -243,6 +243,7 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
     if (folder / "manifest.json").exists() and not retrain:
         model.load_state_dict(load_weights(folder / "model.safetensors"))
         manifest = json.loads((folder / "manifest.json").read_text())
+        manifest.setdefault("weights_digest", weights_digest(model))  # manifests written before it existed
         restore_attack(attack, manifest, cache_dir)
         return model.to(device), manifest
     folder.mkdir(parents=True, exist_ok=True)
@@ -251,7 +252,7 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
     metrics = evaluate(model, test, attack, device=device, bf16=config["bf16"])
     manifest = {"key": key, "config": key_config, "code_version": code_version(), "device": device,
                 "device_name": device_name(device), "torch": torch.__version__,
-                "train_seconds": round(seconds, 1), "num_train": len(train_part),
+                "train_seconds": round(seconds, 1), "num_train": len(train_part), "weights_digest": weights_digest(model),
                 "poison_indices": poison_idx.tolist(), "reserved_indices": reserved.tolist(),
                 **{k: round(v, 2) for k, v in metrics.items()}}
     save_weights(model, folder / "model.safetensors")

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from purilib.tables import get_table
 
@@ -42,17 +43,108 @@ def test_smoke_table_end_to_end():
     assert (planted > 12).all(), planted[planted <= 12]
 
 
-def test_bad_requests_fail_with_one_clear_line(tmp_path):
-    run = reproduce("table99", results=tmp_path)
-    assert run.returncode == 2 and "unknown table" in run.stderr
-    run = reproduce("nft-table1", "--profile", "huge", results=tmp_path)
-    assert run.returncode == 2 and "unknown profile" in run.stderr
-    run = reproduce("nft-table1", "--profile", "cpu", "--data-root", str(tmp_path / "none"), results=tmp_path)
-    assert run.returncode == 2 and "CIFAR-10 not found" in run.stderr
-    run = reproduce("nft-table1", "--seeds", "zero", results=tmp_path)
-    assert run.returncode == 2 and "positive integer" in run.stderr
-
-
 def test_list_names_tables_and_profiles(tmp_path):
     run = reproduce("--list", results=tmp_path)
     assert run.returncode == 0 and "nft-table1" in run.stdout and "cpu" in run.stdout
+
+
+def _tiny_tarball(path, truncate=False):
+    """A cifar10/{train,test}/<class>/ image tree of 2 PNGs per class, gzipped (truncated if asked)."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for split in ("train", "test"):
+            for c, name in enumerate(("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                      "ship", "truck")):
+                for i in range(2):
+                    png = io.BytesIO()
+                    Image.fromarray(np.random.default_rng(c * 10 + i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(png, "PNG")
+                    info = tarfile.TarInfo(f"cifar10/{split}/{name}/{i}.png")
+                    info.size = len(png.getvalue())
+                    tar.addfile(info, io.BytesIO(png.getvalue()))
+    blob = buffer.getvalue()
+    path.write_bytes(blob[:len(blob) // 2] if truncate else blob)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["table99"], "unknown table"),
+    (["nft-table1", "--profile", "huge"], "unknown profile"),
+    (["nft-table1", "--profile"], "--profile needs a value"),
+    (["nft-table1", "--profile", "--seeds", "2"], "--profile needs a value"),
+    (["nft-table1", "--seeds", "zero"], "positive integer"),
+    (["nft-table1", "--device", "tpu"], "device"),
+    (["nft-table1", "--device", "cuda:7"], "cuda"),
+    (["nft-table1", "--attacks", "BadNetz"], "did you mean 'BadNets'"),
+    (["nft-table1", "--defenses", "NTF"], "did you mean 'NFT'"),
+    (["nft-table1", "--defenses", "FIP"], "nft-table1 has no column .defense. 'FIP'"),
+    (["nft-table1", "--clean-per-class", "100000"], r"must be in 1\.\.12"),
+    (["nft-table1", "--profile", "cpu", "--data-root", "{tmp}/none"], "CIFAR-10 not found"),
+    (["nft-table1", "--profile", "cpu", "--data-root", "{tmp}/cut"], "cifar10.tar.gz' could not be read"),
+])
+def test_bad_requests_fail_with_one_clear_line(tmp_path, args, message):
+    """Each refused before a kernel starts: exit status 2, one line naming the fix, nothing written."""
+    import re
+    (tmp_path / "cut").mkdir()
+    _tiny_tarball(tmp_path / "cut" / "cifar10.tar.gz", truncate=True)
+    results = tmp_path / "results"
+    run = reproduce(*[a.replace("{tmp}", str(tmp_path)) for a in args], results=results,
+                    env_extra={"PURILIB_CACHE_DIR": str(tmp_path / "cache")})
+    assert run.returncode == 2, run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), run.stderr
+    assert not results.exists() or not any(results.rglob("*"))
+
+
+def test_names_are_trimmed_and_a_readable_archive_passes(tmp_path):
+    (tmp_path / "data").mkdir()
+    _tiny_tarball(tmp_path / "data" / "cifar10.tar.gz")
+    check = subprocess.run([sys.executable, "-m", "purilib.cli", "check", "nft-table1", "cpu", "--data-root",
+                            str(tmp_path / "data"), "--attacks", " BadNets,  Blend ", "--defenses", "No defense, NFT"],
+                           capture_output=True, text=True, env={**os.environ, "PURILIB_CACHE_DIR": str(tmp_path)})
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.split("\t")[2:] == ['["BadNets", "Blend"]', '["No defense", "NFT"]\n']
+
+
+def test_a_failed_run_keeps_the_last_good_notebook(tmp_path):
+    out = tmp_path / "results" / "nft-table1" / "smoke"
+    out.mkdir(parents=True)
+    (out / "nft_table1.ipynb").write_text("the last good record")
+    # no records to tabulate: the notebook fails inside the kernel
+    run = reproduce("nft-table1", "--attacks", "BadNets", "--from-records", results=tmp_path / "results")
+    assert run.returncode != 0 and "FAILED" in run.stderr
+    assert (out / "nft_table1.ipynb").read_text() == "the last good record"
+    assert (out / "nft_table1.failed.ipynb").exists() and not list(out.glob(".*running*"))
+
+
+def test_killing_reproduce_stops_papermill_and_its_kernel(tmp_path):
+    import signal
+    import time
+    marker = tmp_path / "results"
+    env = {**os.environ, "PURILIB_PYTHON": sys.executable, "PURILIB_RESULTS_DIR": str(marker),
+           "PURILIB_CACHE_DIR": str(tmp_path / "cache")}
+    process = subprocess.Popen([str(ROOT / "reproduce.sh"), "nft-table1", "--attacks", "BadNets"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def running():
+        found = subprocess.run(["pgrep", "-f", f"papermill.*{marker}"], capture_output=True, text=True).stdout
+        return found.split()
+    deadline = time.time() + 120
+    while not running() and time.time() < deadline:
+        time.sleep(0.5)
+    assert running(), "papermill never started"
+    time.sleep(5)  # the kernel is up
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    time.sleep(3)
+    assert not running()
+    def environment(pid):
+        try:
+            return open(f"/proc/{pid}/environ", "rb").read().decode(errors="ignore")
+        except OSError:  # gone meanwhile
+            return ""
+    kernels = subprocess.run(["pgrep", "-f", "ipykernel"], capture_output=True, text=True).stdout.split()
+    assert not [pid for pid in kernels if str(marker) in environment(pid)]

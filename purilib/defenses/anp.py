@@ -40,7 +40,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from ..layers import attach_masks, batchnorms, clamp_
+from ..layers import attach_masks, batchnorms, clamp_, freeze
 from .base import Defense
 
 DEFAULTS = dict(steps=2000, batch_size=128, lr=0.2, momentum=0.9, eps=0.4, alpha=0.2, anp_steps=1,
@@ -52,8 +52,7 @@ PRUNING_BY = ("threshold", "number", "rate")
 def attach_neuron_masks(model, noisy=True):
     """Freeze ``model`` and give each BN layer a mask (and, if ``noisy``, ANP's noise) in place.
     Returns (masks: name -> Parameter, noises: list of Parameters, switch: the perturbation flag)."""
-    for p in model.parameters():
-        p.requires_grad_(False)
+    freeze(model)
     switch, masks, noises = {"perturbed": False}, {}, []
     layers = batchnorms(model)
     if not layers:

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..layers import freeze
 from .fip import FIP
 
 DEFAULTS = dict(steps=400, batch_size=128, lr=0.05, momentum=0.95, trace_weight=0.005, retain_weight=5.0,
@@ -64,8 +65,7 @@ class _SpectralShift(nn.Module):
 
 def add_spectral_shifts(model):
     """Freeze every parameter, reparameterise every conv / linear weight by its SVD; return the shifts."""
-    for p in model.parameters():
-        p.requires_grad_(False)
+    freeze(model)
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     for layer in layers:
         parametrize.register_parametrization(layer, "weight", _SpectralShift(layer.weight))
@@ -77,8 +77,7 @@ def fold_spectral_shifts(model):
     for layer in model.modules():
         if parametrize.is_parametrized(layer, "weight"):
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
-    for p in model.parameters():
-        p.requires_grad_(True)
+    freeze(model, trainable=list(model.parameters()))  # everything trainable again
     return model
 
 
