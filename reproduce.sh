@@ -2,7 +2,8 @@
 # Regenerate a paper table by executing its notebook with papermill.
 #
 #   ./reproduce.sh TABLE [--profile smoke|cpu|gpu|paper] [--seeds N] [--device auto|cpu|cuda] [--data-root DIR]
-#                        [--attacks A,B,...] [--defenses X,Y,...] [--clean-per-class K] [--from-records]
+#                        [--attacks A,B,...] [--defenses X,Y,...] [--clean-per-class K] [--model NAME]
+#                        [--from-records]
 #   ./reproduce.sh --list
 #
 # TABLE is a table id (nft-table1) or a table number (table1: Table 1 of every
@@ -14,23 +15,26 @@
 # --attacks / --defenses run part of the grid (names as in --list); --clean-per-class
 # gives every defense K clean images per class (1: one-shot; default: the profile's).  --from-records
 # trains nothing: it tabulates the records already in the results folder (e.g. made on a GPU machine).
+# --model: every model of the grid is this network (default: the one the paper names; resnet18: the
+# NFT / FIP authors' own).
 set -euo pipefail
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }  # against the caller's directory
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 fail() { echo "error: $1" >&2; exit 2; }
 
 table="" profile="smoke" seeds=1 device="auto" data_root="${PURILIB_DATA_ROOT:-}" list=0 attacks="" defenses=""
-clean_per_class="" from_records=False
+clean_per_class="" from_records=False model=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --list) list=1 ;;
     --from-records) from_records=True ;;
-    --profile|--seeds|--device|--data-root|--attacks|--defenses|--clean-per-class)
+    --profile|--seeds|--device|--data-root|--attacks|--defenses|--clean-per-class|--model)
       { [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#--}" = "$2" ]; } || fail "$1 needs a value (see ./reproduce.sh --help)"
       case "$1" in
         --profile) profile="$2" ;; --seeds) seeds="$2" ;; --device) device="$2" ;; --data-root) data_root="$2" ;;
         --attacks) attacks="$2" ;; --defenses) defenses="$2" ;; --clean-per-class) clean_per_class="$2" ;;
+        --model) model="$2" ;;
       esac
       shift ;;
     -h|--help) usage; exit 0 ;;
@@ -66,7 +70,7 @@ if [ "$list" = 1 ]; then exec "$python" -m purilib.cli list; fi
 
 # every request checked before any kernel starts: one line naming the fix, exit status 2
 plan=$("$python" -m purilib.cli check "$table" "$profile" --data-root "$data_root" --device "$device" \
-  --attacks "$attacks" --defenses "$defenses" --seeds "$seeds" ${clean_per_class:+--clean-per-class "$clean_per_class"}) \
+  --attacks "$attacks" --defenses "$defenses" --seeds "$seeds" ${clean_per_class:+--clean-per-class "$clean_per_class"} ${model:+--model "$model"}) \
   || exit 2
 
 # killing this script stops papermill and its kernel too: they run in a process group of their own
@@ -83,6 +87,7 @@ while IFS=$'\t' read -r table_id notebook attack_list defense_list; do
   [ "$defense_list" = null ] || params+=(-y "{\"defenses\": $defense_list}")
   [ -z "$clean_per_class" ] || params+=(-p clean_per_class "$clean_per_class")
   [ "$from_records" = False ] || params+=(-p from_records True)
+  [ -z "$model" ] || params+=(-r model "$model")
   # the executed notebook is the record of the run: written beside the last good one, moved over it
   # only when the run succeeded; a failed run's stays as <notebook>.failed.ipynb
   running="$out/.${notebook%.ipynb}.running.ipynb"

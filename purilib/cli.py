@@ -15,6 +15,7 @@ import sys
 from . import settings
 from .data import DataNotFoundError, load_cifar10
 from .devices import resolve_device
+from .models import MODELS
 from .profiles import PROFILES, get_profile, reserved_per_class
 from .tables import TABLES, resolve_tables
 
@@ -41,6 +42,7 @@ def check(argv):
     parser.add_argument("--defenses", default="")
     parser.add_argument("--clean-per-class", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--model", default=None)
     args = parser.parse_args(argv)
     tables, profile = resolve_tables(args.table), get_profile(args.profile)
     resolve_device(args.device)
@@ -50,6 +52,10 @@ def check(argv):
             raise ValueError(f"table {table.id} has no profile '{profile.name}' (it has: {', '.join(table.profiles)})")
         _unknown(attacks, table.attacks, "row (attack)", table)
         _unknown(defenses, table.defenses, "column (defense)", table)
+    if args.model is not None and args.model not in MODELS:
+        close = difflib.get_close_matches(args.model, MODELS, n=1)
+        raise ValueError(f"unknown model '{args.model}'" + (f"; did you mean '{close[0]}'?" if close else "")
+                         + f" (models: {', '.join(MODELS)})")
     if args.seeds < 1:
         raise ValueError(f"--seeds needs a positive integer, not {args.seeds}")
     pool = reserved_per_class(profile)

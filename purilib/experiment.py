@@ -8,6 +8,7 @@ loses at most the cell in progress and a rerun skips finished cells.
 published numbers; ``write_outputs`` saves ``table.csv``, ``table.md`` and the
 figure.
 """
+import dataclasses
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ from . import settings
 from .data import clean_subset
 from .defenses import NO_DEFENSE, create_defense
 from .metrics import defense_effectiveness_rating, evaluate
+from .models import create_model
 from .profiles import defense_overrides, get_profile, reserved_per_class, training_settings
 from .devices import device_name, resolve_device
 from .provenance import code_version
@@ -44,11 +46,13 @@ def _check_names(requested, allowed, kind, table):
 
 def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, device="auto",
               data_root=None, cache_dir=None, output_dir=None, progress=True, clean_per_class=None,
-              from_records=False) -> pd.DataFrame:
+              from_records=False, model=None) -> pd.DataFrame:
     """Run the grid; ``clean_per_class`` (default: the profile's, 50 = the papers' 1%) sets how many
     clean images of each class every defense gets: 1 is the one-shot setting.  ``from_records``:
     train and run nothing, tabulate the records already in ``output_dir`` (made on another machine,
-    a GPU one say); each must match the requested cell's training recipe and defense settings."""
+    a GPU one say); each must match the requested cell's training recipe and defense settings.
+    ``model``: the network every model of the grid is (default: the profile's, the one the paper names);
+    e.g. "resnet18", the NFT / FIP authors' own."""
     table, prof = get_table(table_id), get_profile(profile)
     clean_per_class = prof.clean_per_class if clean_per_class is None else clean_per_class
     if not (isinstance(clean_per_class, int) and clean_per_class >= 1):
@@ -62,6 +66,9 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     _check_names(defenses, table.defenses, "defenses", table)
     if not (isinstance(seeds, int) and seeds >= 1):
         raise ValueError(f"seeds must be a positive integer, not {seeds!r}")
+    if model is not None:
+        create_model(model)  # an unknown name fails here, before anything runs
+        prof = dataclasses.replace(prof, training={**prof.training, "model": model})
     out = output_dir_for(table_id, profile, output_dir)
     if from_records:
         return _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out)

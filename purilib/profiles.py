@@ -87,7 +87,8 @@ PROFILES = {
         clean_per_class=50, bf16=False,
         # BPPA: BackdoorBench's 8-level trigger, as on the cpu profile (the authors' 32 dithered levels are
         # taught in 1000 epochs; 12 did not teach them)
-        attack_overrides={"BPPA": dict(squeeze_num=8, dithering=False)},
+        # the NFT authors' BadNets: their 3x3 checkerboard blended at opacity 0.6
+        attack_overrides={"BadNets": dict(opacity=0.6), "BPPA": dict(squeeze_num=8, dithering=False)},
         description="real CIFAR-10, full PreAct-ResNet-18, 40 epochs cosine, bf16 training (minutes per model "
                     "on one GPU)"),
     "paper": Profile(
@@ -95,6 +96,7 @@ PROFILES = {
         training=dict(dataset="cifar10", model="preact_resnet18", width=1.0, epochs=250, batch_size=128,
                       lr=0.1, schedule="step", milestones=(100, 150), weight_decay=5e-4),
         clean_per_class=50,
+        attack_overrides={"BadNets": dict(opacity=0.6)},  # the NFT authors' BadNets trigger
         description="the papers' settings: full PreAct-ResNet-18, 250 epochs (GPU)"),
 }
 

@@ -38,7 +38,7 @@ from .models import create_model
 from .progress import progress
 from .provenance import code_version, config_key, seed_everything
 
-TRAINING_FORMAT = 4  # bump when a change to this file alters what a given config trains
+TRAINING_FORMAT = 5  # bump when a change alters what a given config trains (5: PreAct-ResNet-18 without the final BN)
 
 DEFAULT_TRAINING = dict(
     dataset="cifar10", model="preact_resnet18", width=1.0, attack="Benign", attack_kwargs={},

@@ -13,9 +13,12 @@ DORMANT = [3, 7, 20]
 
 @pytest.fixture(scope="module")
 def model_and_clean():
-    """A network whose final BN + ReLU leaves channels DORMANT at exactly 0 and the rest active."""
+    """A network whose final BN + ReLU (added after the last stage: FP reads the classifier's input,
+    whatever the architecture) leaves channels DORMANT at exactly 0 and the rest active."""
     torch.manual_seed(0)
     model = create_model("preact_resnet18", width=0.125)
+    model.bn = torch.nn.BatchNorm2d(64)
+    model.layer4 = torch.nn.Sequential(model.layer4, model.bn, torch.nn.ReLU())
     model.bn.weight.data.fill_(0.1)
     model.bn.bias.data.uniform_(0.5, 1.5)
     model.bn.weight.data[DORMANT] = 0.0
@@ -29,7 +32,7 @@ def test_dormant_channels_rank_lowest_and_are_pruned_first(model_and_clean):
     assert features.shape == (100, 64)
     assert sorted(torch.argsort(activation)[:3].tolist()) == DORMANT
     assert activation[DORMANT].abs().max() == 0 and activation.sort().values[3] > 0.1
-    layer4, _ = channel_activations(model, clean, layer="layer4")  # BackdoorBench v1's hook point
+    layer4, _ = channel_activations(model, clean, layer="layer4.0")  # the last stage, before BN + ReLU
     assert layer4.shape == activation.shape and not torch.allclose(layer4, activation)
     defense = create_defense("FP", steps=0, acc_drop=2.0, max_prune_ratio=3 / 64, device="cpu", progress=False)
     defense.purify(model, clean)

@@ -23,11 +23,9 @@ its cosine schedule (eta_min 0.02) is stepped every 200 steps and never
 reaches 0.02; here the learning rate follows the cosine per step from 0.05 to
 0.02.  Its accuracy bookkeeping crashes after the first step (undefined
 counters); here there is none inside the loop.  No pruning follows.
-The released code masks a post-activation ResNet-18, where the last block's
-BN scales the classifier's input features; in a PreAct-ResNet-18 that role is
-played by the root-level final BN, which the "inside the blocks" rule leaves
-out.  `mask_final_bn=True` masks it too (measured on the cpu models: no change,
-see results/nft-table1/cpu_profile_calibration.md).
+The released code masks a post-activation ResNet-18 (``resnet18`` here: 19
+block BNs, stem BN left out).  On the field's PreAct-ResNet-18 every BN is
+inside a block (16).
 """
 import math
 
@@ -41,8 +39,7 @@ from .base import Defense, cosine_lr
 
 DEFAULTS = dict(steps=1000, batch_size=128, lr=0.05, final_lr=0.02, momentum=0.95,
                 mask_reg=0.001, clamp_alpha=0.8, clamp_beta=0.5, mixup_alpha=1.0,
-                bn_train_mode=True,  # False: BN keeps its running statistics (a diagnostic, not the paper)
-                mask_final_bn=False)  # True: also mask a root-level BN feeding the classifier (a diagnostic)
+                bn_train_mode=True)  # False: BN keeps its running statistics (a diagnostic, not the paper)
 
 
 def _has_batchnorm(module):
@@ -76,9 +73,6 @@ class NFT(Defense):
     def run(self, model, clean):
         c = self.config
         layers = block_batchnorms(model)
-        every_bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if c["mask_final_bn"] and every_bn and every_bn[-1] not in layers:
-            layers.append(every_bn[-1])
         if not layers:
             raise ValueError("NFT needs a network with BatchNorm layers inside its blocks")
         with frozen(model):

@@ -1,6 +1,12 @@
-"""PreAct-ResNet-18 (He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016).
+"""PreAct-ResNet-18 (He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016),
+as the field builds it.
 
-The model every seed paper evaluates on CIFAR-10.  ``width`` scales every
+The model every seed paper evaluates on CIFAR-10, in the form their tables use: the
+PreAct-ResNet-18 of the WaNet release that BackdoorBench adopted (11,171,146 parameters for
+10 classes).  conv 3x3 -> four stages of two pre-activation blocks -> global average pool
+-> linear: no BatchNorm or ReLU after the last block.  (He et al.'s own variant adds a final
+BN + ReLU; purilib used that variant up to training format 4.  On it BadNets survived ANP,
+FT-SAM and RNP at full width, while the same code removed it from the authors' ResNet-18.)  ``width`` scales every
 stage's channel count (64, 128, 256, 512 at width 1.0); the ``cpu`` profile uses
 a narrower network so that training fits on two CPU cores.  Inputs are images
 in [0, 1]; the CIFAR-10 normalisation is the first layer, so attacks and
@@ -54,14 +60,12 @@ class PreActResNet18(nn.Module):
             layers.append(nn.Sequential(PreActBlock(in_planes, p, stride), PreActBlock(p, p, 1)))
             in_planes = p
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.bn = nn.BatchNorm2d(in_planes)
         self.linear = nn.Linear(in_planes, num_classes)
         self.num_classes, self.input_size = num_classes, (32, 32)  # what purify checks clean data against
 
     def features(self, x):
         out = self.conv1(self.normalize(x))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = torch.relu(self.bn(out))
         return torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1)
 
     def forward(self, x):
