@@ -2,6 +2,7 @@
 checkout or the user's cache; progress bars off.  Set here (before any test or
 nbval kernel starts) so that notebooks executed by nbval inherit them."""
 import os
+import shutil
 import tempfile
 
 _scratch = tempfile.mkdtemp(prefix="purilib-tests-")
@@ -9,3 +10,9 @@ os.environ["PURILIB_RESULTS_DIR"] = os.path.join(_scratch, "results")
 os.environ.setdefault("PURILIB_CACHE_DIR", os.path.join(_scratch, "cache"))
 os.environ["PURILIB_PROGRESS"] = "0"
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Leave nothing behind in the temporary folder (PURILIB_KEEP_TEST_OUTPUT=1 keeps it, to look at)."""
+    if not os.environ.get("PURILIB_KEEP_TEST_OUTPUT"):
+        shutil.rmtree(_scratch, ignore_errors=True)

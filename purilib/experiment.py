@@ -28,7 +28,7 @@ from .profiles import defense_overrides, get_profile, reserved_per_class, traini
 from .devices import device_name, resolve_device
 from .provenance import code_version
 from .tables import get_table, published
-from .training import load_training_data, restore_attack, train_backdoored_model
+from .training import TRAINING_FORMAT, load_training_data, restore_attack, train_backdoored_model
 
 
 PAPER_CLEAN_PER_CLASS = 50  # the seed papers' 1% of CIFAR-10's training set
@@ -223,6 +223,10 @@ def summarize(records: pd.DataFrame, table_id: str) -> pd.DataFrame:
         papers_amount = get_profile(profile).clean_per_class if profile else PAPER_CLEAN_PER_CLASS
         reference = paper.get((attack, defense), {}) if per_class == papers_amount else {}
         row["paper_acc"], row["paper_asr"] = reference.get("acc", np.nan), reference.get("asr", np.nan)
+        row["paper_source"] = reference.get("source", "")
+        formats = [c.get("format", 0) for c in group["training_config"] if isinstance(c, dict)] \
+            if "training_config" in group else []
+        row["training_format"] = min(formats) if formats else TRAINING_FORMAT
         row["delta_acc"], row["delta_asr"] = row["acc"] - row["paper_acc"], row["asr"] - row["paper_asr"]
         rows.append(row)
     summary = pd.DataFrame(rows)
@@ -241,16 +245,22 @@ def _cell(mean, std, digits=1):
 
 def to_markdown(summary: pd.DataFrame, title: str, profile: str) -> str:
     lines = [f"# {title}", "", f"Profile `{profile}`. Ours = this run (mean ± std over seeds); "
-             "paper = published; Δ = ours − paper. Percent; DER in [0, 1].", "",
+             "paper = published (its source: paper and table); Δ = ours − paper. Percent; DER in [0, 1].", "",
              "| Attack | Defense | clean/class | ASR ours | ASR paper | ΔASR | ACC ours | ACC paper | ΔACC | RA | DER "
-             "| seconds | trained params |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| seconds | trained params | paper source |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    old = "training_format" in summary and (summary["training_format"] < TRAINING_FORMAT).any()
     for r in summary.itertuples():
-        lines.append(f"| {r.attack} | {r.defense} | {r.clean_per_class} | {_cell(r.asr, r.asr_std)} | "
+        mark = " †" if old and r.training_format < TRAINING_FORMAT else ""
+        lines.append(f"| {r.attack}{mark} | {r.defense} | {r.clean_per_class} | {_cell(r.asr, r.asr_std)} | "
                      f"{_cell(r.paper_asr, np.nan)} | "
                      f"{_cell(r.delta_asr, np.nan)} | {_cell(r.acc, r.acc_std)} | {_cell(r.paper_acc, np.nan)} | "
                      f"{_cell(r.delta_acc, np.nan)} | {_cell(r.ra, r.ra_std)} | {_cell(r.der, r.der_std, 3)} | "
-                     f"{_cell(r.seconds, np.nan, 0)} | {r.trainable_params:,} |")
+                     f"{_cell(r.seconds, np.nan, 0)} | {r.trainable_params:,} | "
+                     f"{getattr(r, 'paper_source', '') or '–'} |")
+    if old:
+        lines += ["", "† made with an earlier training format (before 5: He et al.'s PreAct-ResNet-18, with a final "
+                  "BN + ReLU after the last block; not yet retrained with the field's network)."]
     return "\n".join(lines) + "\n"
 
 

@@ -94,3 +94,16 @@ def test_purify_refuses_clean_data_it_would_misread(model_and_clean, change, mes
     model, clean = model_and_clean
     with pytest.raises((ValueError, TypeError), match=message):
         purify(model, change(clean), method="FT", steps=1, batch_size=4, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("name", ["FT", "NFT", "AWM", "ANP", "I-BAU"])
+def test_a_callback_sees_every_step(model_and_clean, name):
+    """The per-step hook (FIP Figure 3's lambda_max during purification needs it)."""
+    model, clean = model_and_clean
+    seen = []
+    overrides = {"steps": 4, "batch_size": 8} | ({"inner_steps": 2} if name == "AWM" else {}) | (
+        {"rounds": 2} if name == "I-BAU" else {})
+    defense = create_defense(name, device="cpu", progress=False,
+                             callback=lambda step, m: seen.append((step, m.training is not None)), **overrides)
+    defense.purify(model, clean)
+    assert [s for s, _ in seen] == list(range(4))
