@@ -74,8 +74,15 @@ plan=$("$python" -m purilib.cli check "$table" "$profile" --data-root "$data_roo
   || exit 2
 
 # killing this script stops papermill and its kernel too: they run in a process group of their own
-child=""
-stop() { [ -z "$child" ] || kill -TERM -- "-$child" 2>/dev/null; exit 130; }
+child="" running=""
+stop() {
+  if [ -n "$child" ]; then
+    kill -TERM -- "-$child" 2>/dev/null; wait "$child" 2>/dev/null || true
+    # an interrupted run's notebook goes beside the last good one, never over it
+    [ -f "$running" ] && mv -f "$running" "${running%/*}/${notebook%.ipynb}.failed.ipynb"
+  fi
+  exit 130
+}
 trap stop INT TERM HUP
 while IFS=$'\t' read -r table_id notebook attack_list defense_list; do
   out="${PURILIB_RESULTS_DIR:-$PWD/results}/$table_id/$profile"

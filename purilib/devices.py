@@ -33,6 +33,9 @@ def resolve_device(device="auto") -> str:
         raise ValueError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device '{device}' asked for, but torch sees no CUDA device (use --device cpu)")
+    index = torch.device(device).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise ValueError(f"device '{device}' asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
     if kind not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unsupported device '{device}'; use auto, cpu, cuda or cuda:N")
     return device

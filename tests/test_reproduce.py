@@ -77,7 +77,7 @@ def _tiny_tarball(path, truncate=False):
     (["nft-table1", "--profile", "--seeds", "2"], "--profile needs a value"),
     (["nft-table1", "--seeds", "zero"], "positive integer"),
     (["nft-table1", "--device", "tpu"], "device"),
-    (["nft-table1", "--device", "cuda:7"], "cuda"),
+    (["nft-table1", "--device", "cuda:99"], "cuda"),
     (["nft-table1", "--attacks", "BadNetz"], "did you mean 'BadNets'"),
     (["nft-table1", "--defenses", "NTF"], "did you mean 'NFT'"),
     (["nft-table1", "--defenses", "FIP"], "nft-table1 has no column .defense. 'FIP'"),
@@ -148,3 +148,5 @@ def test_killing_reproduce_stops_papermill_and_its_kernel(tmp_path):
             return ""
     kernels = subprocess.run(["pgrep", "-f", "ipykernel"], capture_output=True, text=True).stdout.split()
     assert not [pid for pid in kernels if str(marker) in environment(pid)]
+    out = marker / "nft-table1" / "smoke"  # the interrupted run's notebook beside the record, not over it
+    assert (out / "nft_table1.failed.ipynb").exists() and not list(out.glob(".*running*"))
