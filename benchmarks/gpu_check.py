@@ -84,9 +84,10 @@ def main(argv=None):
                 f.write(text + "\n")
 
     def train(attack):
+        # uncompiled: one epoch per model would spend its time compiling; gpu_speed.py times compile
         model, manifest = train_backdoored_model(attack=attack, device=device, data_root=args.data_root,
                                                  cache_dir=cache, attack_kwargs=SHORT_BUDGETS.get(attack, {}),
-                                                 **recipe)
+                                                 compile=False, **recipe)
         trained[attack] = (model, manifest)
         return {k: manifest[k] for k in ("acc", "asr") if k in manifest} | {"train_seconds": manifest["train_seconds"]}
 

@@ -147,7 +147,7 @@ def load_cifar10(split: str, data_root=None, download=False, cache_dir=None, per
     if not cached.exists():
         try:
             arrays = {"batches": _from_batches, "tree": _from_tree, "tarball": _from_tarball}[kind](path)
-        except (EOFError, OSError, tarfile.TarError, pickle.UnpicklingError, zlib.error, KeyError) as error:
+        except (EOFError, OSError, tarfile.TarError, zlib.error, KeyError) as error:  # a refused pickle stays an error of its own
             raise DataNotFoundError(f"'{path}' could not be read as CIFAR-10 ({type(error).__name__}: {error}); "
                                     "is it truncated? Copy it again or point the data root elsewhere") from None
         if arrays is None:
