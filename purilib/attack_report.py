@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from .profiles import get_profile, training_settings
-from .devices import resolve_device
+from .devices import generator, resolve_device
 from .tables import get_table, published
 from .training import load_training_data, restore_attack, train_backdoored_model
 
@@ -65,7 +65,7 @@ def to_markdown(frame: pd.DataFrame, profile: str) -> str:
 def mixed_subset(test, size=1000, seed=0):
     """A seeded random subset: a real test set is stored class by class, so its first images are all of
     class 0 (a composite attack such as CBA needs images of its source classes)."""
-    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed), device="cpu")
+    order = torch.randperm(len(test), generator=generator(seed), device="cpu")
     return test.subset(order[:min(size, len(test))])
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .devices import generator
 from . import settings
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -170,11 +171,11 @@ def load_synthetic(split: str, num_train=5000, num_test=1000, contrast=0.5, nois
     images are smooth like natural ones and a tiny network learns them in
     seconds but not trivially.  No file is read.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed)
     templates = 0.5 + contrast * (torch.rand(10, 3, 4, 4, generator=g, device=g.device) - 0.5)
     templates = torch.nn.functional.interpolate(templates, size=(40, 40), mode="bilinear", align_corners=False)
     n = num_train if split == "train" else num_test
-    g = torch.Generator().manual_seed(seed + (1 if split == "train" else 2))
+    g = generator(seed + (1 if split == "train" else 2))
     labels = torch.arange(n, device="cpu") % 10
     labels = labels[torch.randperm(n, generator=g, device=g.device)]
     shifts = torch.randint(0, 9, (n, 2), generator=g, device=g.device)
@@ -200,7 +201,7 @@ def create_dataset(name: str, split: str, **kwargs) -> ImageSet:
 # ---------------------------------------------------------------- splits
 def class_balanced_split(labels: torch.Tensor, per_class: int, seed: int):
     """Pick ``per_class`` indices of every class (seeded); return (picked, rest)."""
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed)
     picked = []
     for c in labels.unique().tolist():
         idx = (labels == c).nonzero().flatten()

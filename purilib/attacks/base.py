@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..devices import generator
 from ..data import ImageSet
 
 
@@ -78,7 +79,7 @@ class Attack:
     def poison_indices(self, labels: torch.Tensor) -> torch.Tensor:
         """``poison_rate`` of the eligible training images, chosen by ``seed``."""
         eligible = self.eligible(labels)
-        g = torch.Generator().manual_seed(self.seed)
+        g = generator(self.seed)
         count = int(self.poison_rate * len(eligible))
         return eligible[torch.randperm(len(eligible), generator=g, device=g.device)[:count]].sort().values
 

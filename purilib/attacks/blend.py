@@ -10,6 +10,7 @@ Defaults: alpha 0.2, 10% poison, target 0, all-to-one.
 """
 import torch
 
+from ..devices import generator
 from .base import Attack, blend
 
 
@@ -21,7 +22,7 @@ class Blend(Attack):
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), not {alpha}")
         self.alpha, self.pattern_seed = alpha, pattern_seed
-        g = torch.Generator().manual_seed(pattern_seed)
+        g = generator(pattern_seed)
         self.pattern = torch.randint(0, 256, (3, 32, 32), generator=g, device=g.device).float()
         self.mask = torch.ones(1, 32, 32, device="cpu")
 

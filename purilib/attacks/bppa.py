@@ -43,6 +43,7 @@ import functools
 
 import torch
 
+from ..devices import generator
 from .base import Attack, map_chunks
 
 
@@ -104,7 +105,7 @@ class BPPA(Attack):
             raise ValueError(f"pgd_steps must be at least 1, not {pgd_steps}")
         self.squeeze_num, self.dithering, self.neg_ratio = squeeze_num, bool(dithering), float(neg_ratio)
         self.negatives, self.pgd_steps = negatives, pgd_steps
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.generator = generator(self.seed)
 
     def config(self):
         return {**super().config(), "squeeze_num": self.squeeze_num, "dithering": self.dithering,

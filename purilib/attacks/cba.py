@@ -30,6 +30,7 @@ Nothing here is expensive; the profiles change nothing.
 """
 import torch
 
+from ..devices import generator
 from ..data import ImageSet
 from .base import Attack
 
@@ -110,7 +111,7 @@ class CBA(Attack):
     def poison_train_set(self, train):
         """Replace ``poison_rate`` of the set with A + B mixes (label: target) and ``mix_rate`` with
         same-class mixes (label kept); return the set and the indices of the A + B mixes."""
-        g = torch.Generator().manual_seed(self.seed)
+        g = generator(self.seed)
         n = len(train)
         order = torch.randperm(n, generator=g, device=g.device)
         num_poison, num_mix = int(self.poison_rate * n), int(self.mix_rate * n)
@@ -129,7 +130,7 @@ class CBA(Attack):
         return ImageSet(images, labels, train.num_classes), poison_index
 
     def triggered_test_set(self, test):
-        g = torch.Generator().manual_seed(self.seed + 1)
+        g = generator(self.seed + 1)
         a, b = self._sources(test.images, test.labels, self.test_compositions, g)
         true = torch.full((self.test_compositions,), self.source_a, dtype=torch.long, device=test.labels.device)
         return self._mix(a, b, g), true, torch.full_like(true, self.target)

@@ -43,6 +43,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from ..devices import generator
 from ..data import ImageSet
 from .base import Attack
 
@@ -92,7 +93,7 @@ class CLB(Attack):
         """``poison_rate`` x len(labels) images of the target class, chosen by ``seed``."""
         candidates = (labels == self.target).nonzero().flatten()
         count = min(len(candidates), round(self.poison_rate * len(labels)))
-        g = torch.Generator().manual_seed(self.seed)
+        g = generator(self.seed)
         return candidates[torch.randperm(len(candidates), generator=g, device=g.device)[:count]].sort().values
 
     def prepare(self, train, context):

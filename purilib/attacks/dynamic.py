@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..devices import fork_rng
+from ..devices import fork_rng, generator
 from ..augment import random_crop_flip
 from .base import Attack, map_chunks
 
@@ -146,7 +146,7 @@ class InputAwareDynamic(Attack):
         self._to_device()
         self.mask_generator.train()
         optimizer = torch.optim.Adam(self.mask_generator.parameters(), self.lr_mask, betas=(0.5, 0.9))
-        g = torch.Generator().manual_seed(self.seed)
+        g = generator(self.seed)
         images = train.images
         steps = max(1, len(images) // self.mask_batch_size)
         for epoch in range(self.mask_epochs):
@@ -174,7 +174,7 @@ class InputAwareDynamic(Attack):
             return images, labels
         self._step = self._step + 1 if epoch == self._epoch else 0
         self._epoch = epoch
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + self._step)  # resumable
+        g = generator((self.seed * 1_000_003 + epoch) * 100_003 + self._step)  # resumable
         x = images.float() / 255
         # partner of each image: the batch rolled by a random offset, never the image itself, nor (for the
         # diversity pairs: backdoor image i with the partner of cross position n_bd + i) the backdoor image

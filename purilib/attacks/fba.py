@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..devices import fork_rng
+from ..devices import fork_rng, generator
 from ..augment import random_crop_flip
 from .base import Attack, map_chunks, ssim
 
@@ -161,7 +161,7 @@ class FBA(Attack):
         self._to_device()
         self.style_generator.train()
         optimizer = torch.optim.Adam(self.style_generator.parameters(), self.lr_style, betas=(0.5, 0.999))
-        g = torch.Generator().manual_seed(self.seed)
+        g = generator(self.seed)
         for step in range(self.style_steps):
             for group in optimizer.param_groups:  # linear decay to zero, as CycleGAN's second half
                 group["lr"] = self.lr_style * (1 - step / self.style_steps)
@@ -223,7 +223,7 @@ class FBA(Attack):
             neurons = difference.topk(max(1, int(self.detox_neuron_ratio * len(difference)))).indices
             self.injector = FeatureInjector(self.window_size).to(x.device)  # a fresh one per round, as the authors
             optimizer = torch.optim.Adam(self.injector.parameters(), self.lr_detox, betas=(0.5, 0.9))
-            g = torch.Generator().manual_seed(self.seed + self.detox_rounds)
+            g = generator(self.seed + self.detox_rounds)
             batch_size = 128
             for _ in range(self.detox_epochs):
                 order = torch.randperm(len(x), generator=g, device=g.device).to(x.device)

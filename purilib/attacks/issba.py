@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..devices import fork_rng
+from ..devices import fork_rng, generator
 from .base import Attack, ssim
 
 
@@ -99,7 +99,7 @@ class ISSBA(Attack):
         self.bits, self.width, self.encoder_steps, self.batch_size = bits, width, encoder_steps, batch_size
         self.max_delta = float(max_delta)
         self.lr, self.image_weight, self.ssim_weight = lr, float(image_weight), float(ssim_weight)
-        g = torch.Generator().manual_seed(self.seed + 7_919)  # the secret follows the attack seed
+        g = generator(self.seed + 7_919)  # the secret follows the attack seed
         self.secret = torch.randint(0, 2, (bits,), generator=g, device=g.device).float()
         self.encoder, self.decoder = Encoder(bits, width, max_delta), Decoder(bits, width)
         self.prepared, self.info = False, {}
@@ -112,7 +112,7 @@ class ISSBA(Attack):
     def prepare(self, train, context):
         self.context = context
         device = context.device
-        g = torch.Generator().manual_seed(self.seed)
+        g = generator(self.seed)
         with fork_rng():
             torch.manual_seed(self.seed)  # network initialisation follows the attack seed
             self.encoder = Encoder(self.bits, self.width, self.max_delta).to(device)

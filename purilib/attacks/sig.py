@@ -29,6 +29,7 @@ import math
 
 import torch
 
+from ..devices import generator
 from .base import Attack
 
 
@@ -56,6 +57,6 @@ class SIG(Attack):
         """``poison_rate`` x len(labels) images of the target class, chosen by ``seed``."""
         candidates = (labels == self.target).nonzero().flatten()
         count = min(len(candidates), round(self.poison_rate * len(labels)))
-        g = torch.Generator().manual_seed(self.seed)
+        g = generator(self.seed)
         # relabelling them with the target (the default ``poison_train_set``) changes no label
         return candidates[torch.randperm(len(candidates), generator=g, device=g.device)[:count]].sort().values

@@ -33,6 +33,7 @@ import copy
 
 import torch
 
+from ..devices import generator
 from ..layers import classifier_of
 from .base import Attack, blend
 
@@ -91,7 +92,7 @@ class TrojanNN(Attack):
         model = copy.deepcopy(context.clean_model()).to(context.device).eval()
         model.requires_grad_(False)
         self.neurons = most_connected_neurons(classifier_of(model).weight, self.num_neurons)
-        g = torch.Generator().manual_seed(self.seed)
+        g = generator(self.seed)
         w = torch.randn(3, 32, 32, generator=g, device=g.device).to(context.device).requires_grad_(True)
         mask = self.mask.to(context.device)
         self.initial_pattern = self._quantise(w)

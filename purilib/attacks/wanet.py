@@ -25,6 +25,7 @@ change nothing.
 import torch
 import torch.nn.functional as F
 
+from ..devices import generator
 from .base import Attack, map_chunks
 
 
@@ -39,12 +40,12 @@ class WaNet(Attack):
         if s <= 0 or grid_rescale <= 0 or cross_ratio < 0:
             raise ValueError("s and grid_rescale must be positive and cross_ratio non-negative")
         self.k, self.s, self.grid_rescale, self.cross_ratio = k, float(s), float(grid_rescale), float(cross_ratio)
-        g = torch.Generator().manual_seed(self.seed)
+        g = generator(self.seed)
         control = torch.rand(1, 2, k, k, generator=g, device=g.device) * 2 - 1
         control = control / control.abs().mean()
         field = F.interpolate(control, size=32, mode="bicubic", align_corners=True)
         self.noise_grid = field.permute(0, 2, 3, 1).contiguous()  # [1, 32, 32, 2]
-        self.generator = torch.Generator().manual_seed(self.seed + 1)  # noise-mode grids
+        self.generator = generator(self.seed + 1)  # noise-mode grids
 
     def config(self):
         return {**super().config(), "k": self.k, "s": self.s, "grid_rescale": self.grid_rescale,

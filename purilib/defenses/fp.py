@@ -37,7 +37,6 @@ exactly the last pruning within tolerance is kept, as its first version did.
 import math
 
 import torch
-from torch import nn
 
 from ..layers import classifier_of
 from .ft import FineTuning
