@@ -174,6 +174,13 @@ def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"
     model.to(device).train()
     network = _compiled(model, device, compile) if fast else model
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=config["bf16"])
+
+    def backward(net, x, y):
+        with autocast:
+            loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss
     start = last_save = time.time()
     bar = progress(range(start_epoch, config["epochs"]), desc=desc, initial=start_epoch, total=config["epochs"])
     for epoch in bar:
@@ -190,19 +197,13 @@ def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"
             x = random_crop_flip(x.float().div_(255), generator=g)
             x = x.contiguous(memory_format=torch.channels_last)
             try:
-                with autocast:
-                    loss = F.cross_entropy(network(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = backward(network, x, y)
             except Exception as error:  # noqa: BLE001  compilation fails at the first call, if at all
                 if network is model or epoch != start_epoch or i != 0:
                     raise
                 print(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); training uncompiled")
                 network = model
-                with autocast:
-                    loss = F.cross_entropy(network(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = backward(network, x, y)
             optimizer.step()
             total_loss += loss.detach().float() if fast else loss.item()
         bar.set_postfix(loss=f"{total_loss.item() / steps_per_epoch:.3f}")
