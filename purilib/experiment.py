@@ -94,6 +94,15 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     return merge_records(load_records(out), pd.DataFrame(records))
 
 
+def _with_clean_per_class(records: pd.DataFrame) -> pd.DataFrame:
+    """A copy with ``clean_per_class`` filled in (records written before the setting existed)."""
+    records = records.copy()
+    if "clean_per_class" not in records:
+        records["clean_per_class"] = np.nan
+    records["clean_per_class"] = records["clean_per_class"].fillna(records["clean_images"] // 10).astype(int)
+    return records
+
+
 def merge_records(earlier: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
     """The table's records: ``latest`` (this run's cells) with the ``earlier`` ones of the folder that it
     does not replace, so that a partial run adds its rows to the table instead of replacing it.  A row
@@ -104,9 +113,7 @@ def merge_records(earlier: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
     frame = pd.concat([latest, earlier], ignore_index=True) if len(earlier) else latest.copy()
     if frame.empty:
         return frame
-    if "clean_per_class" not in frame:
-        frame["clean_per_class"] = np.nan
-    frame["clean_per_class"] = frame["clean_per_class"].fillna(frame["clean_images"] // 10).astype(int)
+    frame = _with_clean_per_class(frame)
     frame = frame.drop_duplicates(["attack", "defense", "seed", "clean_per_class"], keep="first")
     identity = frame["weights_digest"] if "weights_digest" in frame else pd.Series(np.nan, index=frame.index)
     if "model_key" in frame:  # records written before weights digests: their recipe stands in
@@ -114,7 +121,7 @@ def merge_records(earlier: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
     frame = frame.assign(_model=identity.fillna(""), _order=range(len(frame)))
     kept = []
     for _, row in frame.groupby(["attack", "seed", "clean_per_class"], sort=False):
-        kept.append(row[row["_model"] == row.sort_values("_order")["_model"].iloc[0]])
+        kept.append(row[row["_model"] == row["_model"].iloc[0]])  # groups keep the frame's order
     return pd.concat(kept).sort_values("_order").drop(columns=["_model", "_order"]).reset_index(drop=True)
 
 
@@ -205,10 +212,7 @@ def summarize(records: pd.DataFrame, table_id: str) -> pd.DataFrame:
     table = get_table(table_id)
     paper = published(table)
     rows = []
-    records = records.copy()
-    if "clean_per_class" not in records:  # records written before the setting existed
-        records["clean_per_class"] = np.nan
-    records["clean_per_class"] = records["clean_per_class"].fillna(records["clean_images"] // 10).astype(int)
+    records = _with_clean_per_class(records)
     for (attack, defense, per_class), group in records.groupby(["attack", "defense", "clean_per_class"],
                                                                 sort=False):
         row = {"attack": attack, "defense": defense, "clean_per_class": per_class, "seeds": len(group)}
