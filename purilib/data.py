@@ -14,6 +14,7 @@ Registry: ``create_dataset(name, split, ...)`` with ``name`` in
 3. ``download=True``: torchvision downloads the original (needs a network).
 """
 import hashlib
+import os
 import io
 import pickle
 import tarfile
@@ -154,7 +155,7 @@ def load_cifar10(split: str, data_root=None, download=False, cache_dir=None, per
         if arrays is None:
             raise DataNotFoundError(f"'{path}' holds no cifar10/{{train,test}}/<class>/ images")
         cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(".partial.npz")
+        partial = cached.with_suffix(f".{os.getpid()}.partial.npz")  # processes decoding at once never share one
         np.savez(partial, **{f"{s}_{k}": arrays[s][i] for s in arrays for i, k in enumerate(("x", "y"))})
         partial.rename(cached)  # atomic: an interrupted decode leaves no half file behind
     with np.load(cached) as arrays:

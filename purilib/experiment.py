@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -127,7 +128,18 @@ def merge_records(earlier: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
 
 def record_path(out, prof, attack_name, defense_name, seed, per_class) -> Path:
     shots = "" if per_class == prof.clean_per_class else f"__{per_class}per_class"
-    return out / "records" / f"{attack_name}__{defense_name.replace(' ', '_')}__seed{seed}{shots}.json"
+    column = re.sub(r"[^A-Za-z0-9._-]", "_", defense_name)  # file names portable everywhere
+    return out / "records" / f"{attack_name}__{column}__seed{seed}{shots}.json"
+
+
+def _defense(table, prof, column, **kwargs):
+    """The defense a column runs (None for 'No defense') and the settings the column and the profile
+    override (the profile's last: the smoke profile's budget shrinks a study's columns too)."""
+    name, settings = table.method(column)
+    if name == NO_DEFENSE:
+        return None, {}
+    overrides = {**settings, **defense_overrides(prof, name)}
+    return create_defense(name, **kwargs, **overrides), overrides
 
 
 def _as_json(value):
@@ -142,8 +154,8 @@ def _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out)
             recipe = _as_json(training_settings(prof, attack_name))
             for defense_name in defenses:
                 path = record_path(out, prof, attack_name, defense_name, seed, clean_per_class)
-                settings = {} if defense_name == NO_DEFENSE else _as_json(create_defense(
-                    defense_name, device="cpu", seed=seed, **defense_overrides(prof, defense_name)).config)
+                defense, _ = _defense(table, prof, defense_name, device="cpu", seed=seed)
+                settings = _as_json(defense.config) if defense else {}
                 record = json.loads(path.read_text()) if path.exists() else None
                 if record is None:
                     missing.append(f"{attack_name} x {defense_name} (seed {seed}): no record")
@@ -163,11 +175,8 @@ def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manif
               device, out, progress):
     per_class = len(clean) // clean.num_classes
     path = record_path(out, prof, attack_name, defense_name, seed, per_class)
-    overrides = {} if defense_name == NO_DEFENSE else defense_overrides(prof, defense_name)
-    defense = None
-    if defense_name != NO_DEFENSE:
-        defense = create_defense(defense_name, device=device, bf16=prof.bf16, seed=seed, progress=progress,
-                                 **overrides)
+    defense, overrides = _defense(table, prof, defense_name, device=device, bf16=prof.bf16, seed=seed,
+                                  progress=progress)
     # a finished record is reused only if it was computed from these very weights (not only the same
     # recipe: another machine trains other weights from it), by this code, on the same clean data, with
     # the defense's full settings
@@ -179,11 +188,12 @@ def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manif
         if all(record.get(k) == v for k, v in identity.items()):
             record["reused"] = True
             return record  # finished in an earlier run
-    trainable, seconds, after = 0, 0.0, before
+    trainable, seconds, after, stats = 0, 0.0, before, {}
     if defense is not None:
         purified = defense.purify(model, clean)
         after = evaluate(purified, test, attack, device=device, bf16=prof.bf16)
-        trainable, seconds = defense.stats["trainable_params"], defense.stats["seconds"]
+        stats = dict(defense.stats)
+        trainable, seconds = stats.pop("trainable_params"), stats.pop("seconds")
     der = np.nan
     if attack is not None:
         der = defense_effectiveness_rating(before["asr"], after["asr"], before["acc"], after["acc"])
@@ -191,7 +201,8 @@ def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manif
         "table": table.id, "profile": prof.name, "attack": attack_name, "defense": defense_name, "seed": seed,
         "acc": after["acc"], "asr": after.get("asr", np.nan), "ra": after.get("ra", np.nan), "der": der,
         "acc_before": before["acc"], "asr_before": before.get("asr", np.nan), "seconds": round(seconds, 2),
-        "trainable_params": trainable, "overrides": overrides, **identity,
+        "trainable_params": trainable, "overrides": overrides, "method": defense.name if defense else NO_DEFENSE,
+        "defense_stats": _as_json(stats), **identity,
         "clean_images": len(clean), "clean_per_class": per_class, "training_config": manifest["config"],
         "torch": torch.__version__, "device": device, "device_name": device_name(device),
         "host": platform.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

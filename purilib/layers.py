@@ -59,6 +59,14 @@ def fold_masks(modules, name="weight"):
             parametrize.remove_parametrizations(module, name, leave_parametrized=True)
 
 
+def mask_statistics(masks) -> dict:
+    """What a trained set of masks did: each layer's mean, and how many entries fell under 0.5."""
+    with torch.no_grad():
+        return {"mask_mean_per_layer": [round(m.float().mean().item(), 3) for m in masks],
+                "masks_below_half": sum(int((m < 0.5).sum()) for m in masks),
+                "mask_entries": sum(m.numel() for m in masks)}
+
+
 def freeze(model, trainable=()) -> dict:
     """Freeze every parameter of ``model`` except ``trainable``; return the previous flags."""
     flags = {p: p.requires_grad for p in model.parameters()}

@@ -19,6 +19,13 @@ class Table:
     defenses: tuple
     reference_files: tuple
     profiles: tuple = ("smoke", "cpu", "gpu", "paper")
+    variants: dict = None  # column -> (defense, settings): a column that is a defense at other settings
+    description: str = ""  # one line for --list
+
+    def method(self, column):
+        """The defense a column runs and the settings it overrides: ('NFT', {'lr': 0.5}) for a study's
+        column, (column, {}) for a table whose columns are the defenses themselves."""
+        return (self.variants or {}).get(column, (column, {}))
 
 
 # the 14 attacks of NFT's Table 1 (and FIP's Tables), in the paper's row order
@@ -51,6 +58,28 @@ TABLES = {
         defenses=("No defense",) + SEED_DEFENSES + BASELINES,
         reference_files=("nft_table1.csv", "fip_table6.csv")),
 }
+
+# NFT's released setting beside variations that each change one of its ingredients, and "all loosened":
+# the four that bound how far the masks move changed at once (lr 0.5, 3000 steps, no regulariser, no clamp)
+NFT_STUDY_VARIANTS = {
+    "released": ("NFT", {}),
+    "all BNs": ("NFT", {"mask_layers": "all"}),
+    "BN eval": ("NFT", {"bn_train_mode": False}),
+    "lr 0.2": ("NFT", {"lr": 0.2, "final_lr": 0.08}),
+    "lr 0.5": ("NFT", {"lr": 0.5, "final_lr": 0.2}),
+    "3000 steps": ("NFT", {"steps": 3000}),
+    "no MixUp": ("NFT", {"mixup_alpha": 0.0}),
+    "no regulariser": ("NFT", {"mask_reg": 0.0}),
+    "no clamp": ("NFT", {"clamp": False}),
+    "all loosened": ("NFT", {"lr": 0.5, "final_lr": 0.2, "steps": 3000, "mask_reg": 0.0, "clamp": False}),
+}
+TABLES["nft-study"] = Table(
+    id="nft-study", paper="purilib",
+    title="NFT study: the released setting beside variations of each ingredient (masks, BN mode, learning rate, "
+          "steps, MixUp, regulariser, clamp)",
+    notebook="nft_study.ipynb", attacks=("BadNets", "Blend"), defenses=("No defense",) + tuple(NFT_STUDY_VARIANTS),
+    reference_files=(), variants=NFT_STUDY_VARIANTS,
+    description="does any setting of NFT's own ingredients remove BadNets / Blend, and at what ACC cost?")
 
 # the published tables call "No defense" 'none'
 _REFERENCE_NAMES = {"none": "No defense"}

@@ -12,7 +12,8 @@ initialised to 1.  The masks minimise a MixUp loss plus a pull towards 1:
 
 and after every step layer l's mask (l = 1, 2, ... in module order) is clamped
 to [alpha * exp(-beta * l), 1]: deeper layers may be attenuated more.
-N_c is the number of clean images per class.
+N_c is the number of clean images per class.  ``mixup_alpha=0`` trains on the
+clean batches unmixed (lam = 1).
 
 Defaults (the authors' released code): eta 0.001, alpha 0.8, beta 0.5; SGD on
 the masks only, lr 0.05, momentum 0.95, no weight decay; 1000 steps of 128
@@ -34,12 +35,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..devices import generator
-from ..layers import attach_masks, clamp_, fold_masks, frozen
+from ..layers import attach_masks, batchnorms, clamp_, fold_masks, frozen, mask_statistics
 from .base import Defense, cosine_lr
 
 DEFAULTS = dict(steps=1000, batch_size=128, lr=0.05, final_lr=0.02, momentum=0.95,
                 mask_reg=0.001, clamp_alpha=0.8, clamp_beta=0.5, mixup_alpha=1.0,
-                bn_train_mode=True)  # False: BN keeps its running statistics (a diagnostic, not the paper)
+                # the switches below isolate NFT's ingredients (the nft-study table); the paper's setting first
+                bn_train_mode=True,   # False: BN keeps its running statistics
+                mask_layers="blocks",  # "all": every BN, the stem / final BN too
+                clamp=True)            # False: the masks are left unbounded after each step
 
 
 def _has_batchnorm(module):
@@ -72,7 +76,9 @@ class NFT(Defense):
 
     def run(self, model, clean):
         c = self.config
-        layers = block_batchnorms(model)
+        if c["mask_layers"] not in ("blocks", "all"):
+            raise ValueError(f"NFT: mask_layers must be 'blocks' or 'all', not {c['mask_layers']!r}")
+        layers = block_batchnorms(model) if c["mask_layers"] == "blocks" else list(batchnorms(model).values())
         if not layers:
             raise ValueError("NFT needs a network with BatchNorm layers inside its blocks")
         with frozen(model):
@@ -81,14 +87,14 @@ class NFT(Defense):
             floors = layer_floors(len(masks), c["clamp_alpha"], c["clamp_beta"])
             optimizer = torch.optim.SGD(masks, lr=c["lr"], momentum=c["momentum"], weight_decay=0.0)
             per_class = len(clean) / clean.num_classes
-            beta = torch.distributions.Beta(torch.tensor(c["mixup_alpha"], device=self.device),
-                                            torch.tensor(c["mixup_alpha"], device=self.device))
+            alpha = torch.tensor(float(c["mixup_alpha"]), device=self.device)
+            beta = torch.distributions.Beta(alpha, alpha) if c["mixup_alpha"] > 0 else None
             g = generator(self.seed + 1, self.device)
             model.train(c["bn_train_mode"])
             batches = self.batches(clean, c["batch_size"], c["steps"])
             for step, (x, y) in self.steps(batches, c["steps"], model=model):
                 optimizer.param_groups[0]["lr"] = cosine_lr(step, c["steps"], c["lr"], c["final_lr"])
-                lam = beta.sample()  # on the device: no host sync
+                lam = beta.sample() if beta is not None else torch.ones_like(alpha)  # on the device: no sync
                 partner = torch.randperm(len(y), generator=g, device=y.device)
                 with self.autocast():
                     out = model(lam * x + (1 - lam) * x[partner])
@@ -97,8 +103,8 @@ class NFT(Defense):
                 optimizer.zero_grad(set_to_none=True)
                 (loss + reg).backward()
                 optimizer.step()
-                clamp_(masks, floors, 1.0)
-            self.stats["mask_mean_per_layer"] = [round(m.mean().item(), 3) for m in masks]
-            self.stats["masks_below_half"] = sum(int((m < 0.5).sum()) for m in masks)
+                if c["clamp"]:
+                    clamp_(masks, floors, 1.0)
+            self.stats.update(mask_statistics(masks))
             fold_masks(layers)  # a plain model comes back
         return model
