@@ -9,15 +9,20 @@ import numpy as np
 import torch
 
 
-def code_version() -> str:
+def code_version(checkout=None) -> str:
     """The git commit of the purilib checkout; with uncommitted changes to the package,
-    ``<commit>-dirty-<digest of those changes>``, so that two different edits never share a version."""
-    checkout = Path(__file__).resolve().parents[1]
+    ``<commit>-dirty-<digest of those changes>`` (new, untracked files of the package included), so
+    that two different edits never share a version."""
+    checkout = Path(checkout) if checkout else Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True,
                                 text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "diff", "HEAD", "--", "purilib"],
                                cwd=checkout, capture_output=True, text=True, timeout=10).stdout
+        untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", "purilib"],
+                                   cwd=checkout, capture_output=True, text=True, timeout=10).stdout.split()
+        for name in sorted(untracked):  # a new module is a change too (git diff does not show it)
+            dirty += f"\nnew file {name}\n" + (checkout / name).read_text(errors="replace")
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", ""
     if not commit:

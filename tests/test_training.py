@@ -67,3 +67,21 @@ def test_unknown_training_setting_is_refused():
 def test_a_training_set_smaller_than_a_batch_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch"):
         training.train_backdoored_model(cache_dir=tmp_path, device="cpu", **{**TINY, "batch_size": 1000})
+
+
+def test_code_version_changes_with_a_new_untracked_module(tmp_path):
+    import subprocess
+
+    from purilib.provenance import code_version
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    (tmp_path / "purilib").mkdir()
+    (tmp_path / "purilib" / "a.py").write_text("x = 1\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run(git + ["commit", "-qm", "a"], cwd=tmp_path, check=True)
+    clean = code_version(tmp_path)
+    assert "dirty" not in clean
+    (tmp_path / "purilib" / "b.py").write_text("y = 2\n")
+    first = code_version(tmp_path)
+    (tmp_path / "purilib" / "b.py").write_text("y = 3\n")
+    assert first.startswith(clean + "-dirty-") and code_version(tmp_path) != first
