@@ -69,10 +69,15 @@ def check(argv):
 
 def main(argv):
     if argv[:1] == ["list"]:
-        print("tables:")
+        print("tables and figures (./reproduce.sh ID, or its short name: table1 runs every paper's Table 1):")
         for t in TABLES.values():
             print(f"  {t.id:<12} {t.paper}: {t.title}")
-            print(f"  {'':<12} rows {', '.join(t.attacks)}; columns {', '.join(t.defenses)}")
+            if t.description:
+                print(f"  {'':<12} {t.description}")
+            if t.gathers:
+                print(f"  {'':<12} runs nothing: reads the records of the other tables of the profile")
+            else:
+                print(f"  {'':<12} rows {', '.join(t.attacks)}; columns {', '.join(t.defenses)}")
         print("profiles:")
         for p in PROFILES.values():
             print(f"  {p.name:<7} {p.description}")

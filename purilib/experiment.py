@@ -23,6 +23,7 @@ import torch
 from . import settings
 from .data import clean_subset
 from .defenses import NO_DEFENSE, create_defense
+from .hessian import sharpness
 from .metrics import defense_effectiveness_rating, evaluate
 from .models import create_model
 from .profiles import defense_overrides, get_profile, reserved_per_class, training_settings
@@ -183,17 +184,22 @@ def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manif
     identity = {"model_key": manifest["key"], "weights_digest": manifest["weights_digest"],
                 "code_version": code_version(), "clean_checksum": clean.checksum(),
                 "defense_config": _as_json(defense.config if defense else {})}
+    if table.measures:
+        identity["measures"] = _as_json({"names": list(table.measures), "sharpness": prof.sharpness})
     if path.exists():
         record = json.loads(path.read_text())
         if all(record.get(k) == v for k, v in identity.items()):
             record["reused"] = True
             return record  # finished in an earlier run
-    trainable, seconds, after, stats = 0, 0.0, before, {}
+    trainable, seconds, after, stats, purified = 0, 0.0, before, {}, model
     if defense is not None:
         purified = defense.purify(model, clean)
         after = evaluate(purified, test, attack, device=device, bf16=prof.bf16)
         stats = dict(defense.stats)
         trainable, seconds = stats.pop("trainable_params"), stats.pop("seconds")
+    measured = {}
+    if "sharpness" in table.measures:  # on the defenses' clean set: the data every defense was given
+        measured = sharpness(purified, clean, seed=seed, data_name="the defenses' clean set", **prof.sharpness)
     der = np.nan
     if attack is not None:
         der = defense_effectiveness_rating(before["asr"], after["asr"], before["acc"], after["acc"])
@@ -202,7 +208,7 @@ def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manif
         "acc": after["acc"], "asr": after.get("asr", np.nan), "ra": after.get("ra", np.nan), "der": der,
         "acc_before": before["acc"], "asr_before": before.get("asr", np.nan), "seconds": round(seconds, 2),
         "trainable_params": trainable, "overrides": overrides, "method": defense.name if defense else NO_DEFENSE,
-        "defense_stats": _as_json(stats), **identity,
+        "defense_stats": _as_json(stats), **_as_json(measured), **identity,
         "clean_images": len(clean), "clean_per_class": per_class, "training_config": manifest["config"],
         "torch": torch.__version__, "device": device, "device_name": device_name(device),
         "host": platform.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -231,6 +237,10 @@ def summarize(records: pd.DataFrame, table_id: str) -> pd.DataFrame:
             values = group[metric].astype(float)
             row[metric] = values.mean()
             row[f"{metric}_std"] = values.std(ddof=1) if len(group) > 1 else np.nan
+        for metric in ("lambda_max", "trace", "trace_se"):  # tables that measure sharpness
+            if metric in group:
+                values = group[metric].astype(float)
+                row[metric], row[f"{metric}_std"] = values.mean(), values.std(ddof=1) if len(group) > 1 else np.nan
         row["trainable_params"] = int(group["trainable_params"].iloc[0])
         # the papers report 1% clean data: the profile's default amount (50 images per class on CIFAR-10);
         # other amounts (one-shot, ...) have no published cell
@@ -239,6 +249,9 @@ def summarize(records: pd.DataFrame, table_id: str) -> pd.DataFrame:
         reference = paper.get((attack, defense), {}) if per_class == papers_amount else {}
         row["paper_acc"], row["paper_asr"] = reference.get("acc", np.nan), reference.get("asr", np.nan)
         row["paper_source"] = reference.get("source", "")
+        if "lambda_max" in row:
+            row["paper_lambda_max"] = reference.get("lambda_max", np.nan)
+            row["paper_trace"] = reference.get("trace_hessian", np.nan)
         formats = [c.get("format", 0) for c in group["training_config"] if isinstance(c, dict)] \
             if "training_config" in group else []
         row["training_format"] = min(formats) if formats else TRAINING_FORMAT
@@ -276,6 +289,23 @@ def to_markdown(summary: pd.DataFrame, title: str, profile: str) -> str:
     if old:
         lines += ["", "† made with an earlier training format (before 5: He et al.'s PreAct-ResNet-18, with a final "
                   "BN + ReLU after the last block; not yet retrained with the field's network)."]
+    return "\n".join(lines) + "\n"
+
+
+def sharpness_markdown(summary: pd.DataFrame, title: str, profile: str) -> str:
+    """The sharpness columns (FIP Table 6): lambda_max and the Hessian's trace beside the paper's, with
+    ASR / ACC."""
+    lines = [f"# {title}", "", f"Profile `{profile}`. lambda_max: the Hessian's largest eigenvalue (power "
+             "iteration); trace: Hutchinson's estimate ± its standard error (mean over seeds); both of the mean "
+             "cross-entropy "
+             "over the defenses' clean set (the paper does not say which data it used). ASR / ACC in %.", "",
+             "| Attack | Defense | λmax ours | λmax paper | trace ours | trace paper | ASR ours | ASR paper | ACC ours "
+             "| ACC paper |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary.itertuples():
+        lines.append(f"| {r.attack} | {r.defense} | {_cell(r.lambda_max, r.lambda_max_std, 2)} | "
+                     f"{_cell(r.paper_lambda_max, np.nan, 2)} | {_cell(r.trace, r.trace_se, 1)} | "
+                     f"{_cell(r.paper_trace, np.nan, 1)} | {_cell(r.asr, r.asr_std)} | {_cell(r.paper_asr, np.nan)} | "
+                     f"{_cell(r.acc, r.acc_std)} | {_cell(r.paper_acc, np.nan)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -321,7 +351,10 @@ def write_outputs(records: pd.DataFrame, table_id: str, profile: str, output_dir
     out = output_dir_for(table_id, profile, output_dir)
     summary = summarize(records, table_id)
     summary.round(3).to_csv(out / "table.csv", index=False)
-    (out / "table.md").write_text(to_markdown(summary, f"{table.paper}, {table.title}", profile))
+    text = to_markdown(summary, f"{table.paper}, {table.title}", profile)
+    if "sharpness" in table.measures:
+        text = sharpness_markdown(summary, f"{table.paper}, {table.title}", profile) + "\n" + text
+    (out / "table.md").write_text(text)
     figure = plot(summary, f"{table.paper} {table.id} ({profile})")
     figure.savefig(out / "asr_acc.png", dpi=120)
     import matplotlib.pyplot as plt

@@ -27,6 +27,8 @@ class Profile:
     defense_overrides: dict = field(default_factory=dict)  # defense name -> overrides
     attack_overrides: dict = field(default_factory=dict)  # attack class name -> kwargs (budgets of its networks)
     bf16: bool = False
+    # the sharpness measurement (tables with measures=("sharpness",)): power iterations, Hutchinson samples
+    sharpness: dict = field(default_factory=lambda: dict(iterations=20, samples=50))
     description: str = ""
 
 
@@ -39,6 +41,7 @@ PROFILES = {
         clean_per_class=10,
         # 20 steps of 32 images: enough to exercise every defense; I-BAU's steps cost ~K + 3 passes each
         defense_overrides={"*": dict(steps=20, batch_size=32), "I-BAU": dict(steps=10, rounds=2)},
+        sharpness=dict(iterations=3, samples=3),
         # A 1/8-width network sees ~24k smooth synthetic images here: too few to pick up a 3x3 patch
         # (measured: BadNets ASR 3% at sizes 3 and 6, 100% at 8), a half-pixel warp (WaNet, 1-4%) or a
         # 32-level colour squeeze (BPPA, 3%).  The smoke profile makes such triggers strong enough to be
@@ -59,7 +62,7 @@ PROFILES = {
         name="cpu",
         training=dict(dataset="cifar10", model="preact_resnet18", width=0.25, epochs=12, batch_size=128,
                       lr=0.1, nesterov=True, schedule="cosine", warmup_epochs=1, weight_decay=5e-4, bf16=True),
-        clean_per_class=50, bf16=True,
+        clean_per_class=50, bf16=True, sharpness=dict(iterations=20, samples=30),
         # FIP's exact trace penalty costs a double backward (~5x a plain step on CPU): on this profile it
         # is added every 5th step, the cadence of the authors' released script; the paper profile adds it
         # every step, as the paper's objective

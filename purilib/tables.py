@@ -20,6 +20,8 @@ class Table:
     reference_files: tuple
     profiles: tuple = ("smoke", "cpu", "gpu", "paper")
     variants: dict = None  # column -> (defense, settings): a column that is a defense at other settings
+    gathers: bool = False  # True: runs nothing, reads the records of the other tables (a figure of them)
+    measures: tuple = ()   # extra measurements of every cell's model: "sharpness" (hessian.sharpness)
     description: str = ""  # one line for --list
 
     def method(self, column):
@@ -41,14 +43,16 @@ TABLES = {
         notebook="nft_table1.ipynb",
         attacks=("Benign",) + ATTACK_ROWS,
         defenses=("No defense", "FT", "ANP", "I-BAU", "AWM", "FT-SAM", "RNP", "NFT"),
-        reference_files=("nft_table1.csv",)),
+        reference_files=("nft_table1.csv",),
+        description="the 14 attacks against NFT and the baselines, beside the published cells"),
     "attacks": Table(
         id="attacks", paper="NFT (ECCV 2024)",
         title="The attack suite: ACC / ASR / RA of each backdoored model against the benign model",
         notebook="attacks.ipynb",
         attacks=("Benign",) + ATTACK_ROWS,
         defenses=("No defense",),
-        reference_files=("nft_table1.csv",)),
+        reference_files=("nft_table1.csv",),
+        description="each attack's model before any defense, and a gallery of its triggers"),
     "defenses": Table(
         id="defenses", paper="purilib",
         title="Every defense against the same backdoored models: ACC / ASR / RA / DER, seconds, trainable "
@@ -56,7 +60,8 @@ TABLES = {
         notebook="defenses.ipynb",
         attacks=ATTACK_ROWS,
         defenses=("No defense",) + SEED_DEFENSES + BASELINES,
-        reference_files=("nft_table1.csv", "fip_table6.csv")),
+        reference_files=("nft_table1.csv", "fip_table6.csv"),
+        description="all 12 defenses side by side: effectiveness, cost and wall time"),
 }
 
 # NFT's released setting beside variations that each change one of its ingredients, and "all loosened":
@@ -81,8 +86,26 @@ TABLES["nft-study"] = Table(
     reference_files=(), variants=NFT_STUDY_VARIANTS,
     description="does any setting of NFT's own ingredients remove BadNets / Blend, and at what ACC cost?")
 
+TABLES["fip-table6"] = Table(
+    id="fip-table6", paper="FIP (CCS 2024)",
+    title="Table 6: loss sharpness (Hessian lambda_max and trace) with ASR / ACC: the backdoored model, after ANP, "
+          "after FIP (CIFAR-10, PreAct-ResNet-18)",
+    notebook="fip_table6.ipynb", attacks=("BadNets", "Blend", "Troj-one", "Dyn-one", "CLB", "SIG", "LIRA", "ISSBA"),
+    defenses=("No defense", "ANP", "FIP"), reference_files=("fip_table6.csv",), measures=("sharpness",),
+    description="is a backdoored model's loss sharper, and does purification flatten it?")
+
+TABLES["fip-figure4"] = Table(
+    id="fip-figure4", paper="FIP (CCS 2024)",
+    title="Figure 4: average purification runtime per defense (from the records of every table of a profile)",
+    notebook="fip_figure4.ipynb", attacks=ATTACK_ROWS, defenses=("ANP", "I-BAU", "AWM", "FT-SAM", "RNP", "FIP"),
+    reference_files=("fip_figure4_runtime.csv",), gathers=True,
+    description="seconds per purification, ours on the hardware named beside the paper's RTX 3090")
+
 # the published tables call "No defense" 'none'
 _REFERENCE_NAMES = {"none": "No defense"}
+# FIP's Table 6 names two attacks as NFT's Table 1 does not; its "none" rows have the ACC of NFT's
+# Troj-one (89.57) and Dyn-one (92.52): the same models
+_REFERENCE_ATTACKS = {"Trojan": "Troj-one", "Dynamic": "Dyn-one"}
 
 
 def get_table(table_id: str) -> Table:
@@ -97,7 +120,11 @@ def resolve_tables(name: str):
         return [TABLES[name]]
     matches = [t for t in TABLES.values() if "-" in t.id and t.id.split("-", 1)[1] == name]
     if not matches:
-        raise ValueError(f"unknown table '{name}'; choose one of {sorted(TABLES)} or a suffix like 'table1'")
+        import difflib
+        known = sorted(TABLES) + sorted({t.split("-", 1)[1] for t in TABLES if "-" in t})
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown table '{name}'{hint} (./reproduce.sh --list shows every id)")
     return matches
 
 
@@ -111,6 +138,7 @@ def published(table: Table, dataset="CIFAR-10") -> dict:
             if row.get("dataset", dataset) != dataset:
                 continue
             defense = _REFERENCE_NAMES.get(row["defense"], row["defense"])
-            cell = {k: float(row[k]) for k in ("asr", "acc") if row.get(k)}
-            out.setdefault((row["attack"], defense), {**cell, "source": f"{row['paper']} {row['table']}"})
+            cell = {k: float(row[k]) for k in ("asr", "acc", "lambda_max", "trace_hessian") if row.get(k)}
+            attack = _REFERENCE_ATTACKS.get(row["attack"], row["attack"])
+            out.setdefault((attack, defense), {**cell, "source": f"{row['paper']} {row['table']}"})
     return out

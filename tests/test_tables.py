@@ -1,0 +1,49 @@
+"""The table registry, FIP Figure 4's runtimes gathered from records, and --list / unknown ids."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from purilib import runtime
+from purilib.tables import TABLES, get_table, published, resolve_tables
+
+
+def test_short_names_resolve_and_unknown_ids_suggest_the_closest():
+    assert [t.id for t in resolve_tables("table6")] == ["fip-table6"]
+    assert [t.id for t in resolve_tables("figure4")] == ["fip-figure4"]
+    with pytest.raises(ValueError, match="did you mean 'table6'"):
+        resolve_tables("tabel6")
+
+
+def test_list_names_every_id_with_its_paper():
+    listing = subprocess.run([sys.executable, "-m", "purilib.cli", "list"], capture_output=True, text=True).stdout
+    for table in TABLES.values():
+        assert f"{table.id:<12} {table.paper}" in listing
+
+
+def test_fip_table6_reads_the_sharpness_and_maps_the_attack_names():
+    paper = published(get_table("fip-table6"))
+    assert paper[("BadNets", "No defense")]["lambda_max"] == 573.8
+    assert paper[("Troj-one", "FIP")]["trace_hessian"] > 0 and ("Trojan", "FIP") not in paper
+
+
+def _record(folder, attack, defense, seconds, method=None, digest="w", finished="2026-01-01"):
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"attack": attack, "defense": defense, "seed": 0, "seconds": seconds, "device_name": "cpu X",
+              "load_average_1min": 2.0, "weights_digest": digest, "finished": finished,
+              "method": method or defense, "training_config": {"format": 5}}
+    (folder / f"{attack}__{defense}.json").write_text(json.dumps(record))
+
+
+def test_runtimes_average_each_defense_over_the_records_of_every_table(tmp_path):
+    _record(tmp_path / "nft-table1" / "cpu" / "records", "BadNets", "ANP", 100.0)
+    _record(tmp_path / "defenses" / "cpu" / "records", "Blend", "ANP", 300.0)
+    _record(tmp_path / "defenses" / "cpu" / "records", "BadNets", "ANP", 999.0, finished="2025-01-01")  # older copy
+    _record(tmp_path / "nft-study" / "cpu" / "records", "BadNets", "lr 0.5", 5.0, method="NFT")  # a variant
+    _record(tmp_path / "defenses" / "cpu" / "records", "BadNets", "No defense", 0.0)
+    _record(tmp_path / "defenses" / "gpu" / "records", "BadNets", "FIP", 7.0)  # another profile
+    table = runtime.average(runtime.collect("cpu", tmp_path), get_table("fip-figure4").defenses).set_index("defense")
+    assert table.loc["ANP", "seconds"] == 200.0 and table.loc["ANP", "records"] == 2
+    assert table.loc["ANP", "attacks"] == "BadNets, Blend" and table.loc["ANP", "paper_seconds"] == 118.1
+    assert table.loc["FIP", "records"] == 0 and table.loc["FIP", "paper_seconds"] == 20.8
