@@ -112,3 +112,4 @@ while IFS=$'\t' read -r table_id notebook attack_list defense_list; do
   rm -f "$out/${notebook%.ipynb}.failed.ipynb"
   echo "== $table_id done in $(( $(date +%s) - start )) s: $out/table.md" >&2
 done <<< "$plan"
+"$python" -m purilib.cli index "${PURILIB_RESULTS_DIR:-$PWD/results}" >&2 || true  # results/README.md's index

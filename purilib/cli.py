@@ -1,6 +1,7 @@
 """Helpers for ./reproduce.sh, so that a bad request is refused before any kernel starts.
 
 ``python -m purilib.cli list``: the tables and profiles.
+``python -m purilib.cli index [RESULTS_DIR]``: rewrite the index of ``results/README.md`` from the records.
 ``python -m purilib.cli check TABLE PROFILE [--data-root D] [--device D] [--attacks A,B] [--defenses X,Y]
 [--clean-per-class K] [--seeds N]``: prints one line per table to run,
 ``table_id notebook attacks-json defenses-json``, tab-separated (names trimmed), or one line saying what is
@@ -81,6 +82,10 @@ def main(argv):
         print("profiles:")
         for p in PROFILES.values():
             print(f"  {p.name:<7} {p.description}")
+        return 0
+    if argv[:1] == ["index"]:
+        from .index import write_index
+        print(f"index written: {write_index(argv[1] if len(argv) > 1 else None)}")
         return 0
     if argv[:1] == ["check"]:
         try:

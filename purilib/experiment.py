@@ -33,6 +33,8 @@ from .tables import get_table, published
 from .training import TRAINING_FORMAT, load_training_data, restore_attack, train_backdoored_model
 
 
+code_version()  # pinned at import: what this process runs (see provenance.code_version)
+
 PAPER_CLEAN_PER_CLASS = 50  # the seed papers' 1% of CIFAR-10's training set
 
 

@@ -1,4 +1,5 @@
 """What every result records about where it came from: code version, seeds."""
+import functools
 import hashlib
 import json
 import random
@@ -9,10 +10,13 @@ import numpy as np
 import torch
 
 
+@functools.lru_cache(maxsize=None)
 def code_version(checkout=None) -> str:
     """The git commit of the purilib checkout; with uncommitted changes to the package,
     ``<commit>-dirty-<digest of those changes>`` (new, untracked files of the package included), so
-    that two different edits never share a version."""
+    that two different edits never share a version.  Read once per process (cached), when purilib's
+    experiment module is imported: the code a running process executes is the code it imported, even
+    if the checkout changes under it."""
     checkout = Path(checkout) if checkout else Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True,

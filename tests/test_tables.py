@@ -47,3 +47,37 @@ def test_runtimes_average_each_defense_over_the_records_of_every_table(tmp_path)
     assert table.loc["ANP", "seconds"] == 200.0 and table.loc["ANP", "records"] == 2
     assert table.loc["ANP", "attacks"] == "BadNets, Blend" and table.loc["ANP", "paper_seconds"] == 118.1
     assert table.loc["FIP", "records"] == 0 and table.loc["FIP", "paper_seconds"] == 20.8
+
+
+def test_the_index_summarises_each_table_and_keeps_the_prose_around_it(tmp_path):
+    from purilib.index import write_index
+    folder = tmp_path / "nft-table1" / "cpu" / "records"
+    folder.mkdir(parents=True)
+    base = {"seed": 0, "ra": 0.0, "der": 0.5, "seconds": 1.0, "trainable_params": 1, "clean_images": 500,
+            "clean_per_class": 50, "profile": "cpu", "finished": "2026-11-30T10:00:00", "code_version": "abcdef123456",
+            "device_name": "NVIDIA H200"}
+    for defense, asr, acc in (("No defense", 100.0, 90.0), ("ANP", 10.0, 80.0)):
+        (folder / f"BadNets__{defense}.json").write_text(json.dumps({**base, "attack": "BadNets", "defense": defense,
+                                                                       "asr": asr, "acc": acc}))
+    (tmp_path / "README.md").write_text("# Results\n\nprose kept\n")
+    text = write_index(tmp_path).read_text()
+    write_index(tmp_path)  # rewritten in place, not appended twice
+    assert "prose kept" in text and (tmp_path / "README.md").read_text().count("| nft-table1 | cpu |") == 1
+    # BadNets' published cells: none 100 / 92.96, ANP 4.87 / 85.92
+    assert "| nft-table1 | cpu | 2 | 55.0 / 52.4 (2) | 85.0 / 89.4 (2) | 2026-11-30 | abcdef1 | NVIDIA H200 |" in text
+
+
+def test_notebooks_embed_a_small_palette_copy_of_the_figure():
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from purilib.experiment import compact_png
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.imshow([[i * j for i in range(40)] for j in range(40)], cmap="Reds")
+    plain = io.BytesIO()
+    fig.savefig(plain, format="png", dpi=90)
+    small = compact_png(fig)
+    plt.close(fig)
+    assert Image.open(io.BytesIO(small)).mode == "P" and len(small) < len(plain.getvalue())

@@ -72,7 +72,8 @@ def test_a_training_set_smaller_than_a_batch_is_an_error(tmp_path):
 def test_code_version_changes_with_a_new_untracked_module(tmp_path):
     import subprocess
 
-    from purilib.provenance import code_version
+    from purilib.provenance import code_version as cached
+    code_version = cached.__wrapped__  # uncached: the checkout changes under this test
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     (tmp_path / "purilib").mkdir()
     (tmp_path / "purilib" / "a.py").write_text("x = 1\n")
