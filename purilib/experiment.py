@@ -23,6 +23,7 @@ import torch
 from . import settings
 from .data import clean_subset
 from .defenses import NO_DEFENSE, create_defense
+from . import trajectory
 from .hessian import sharpness
 from .metrics import defense_effectiveness_rating, evaluate
 from .models import create_model
@@ -187,13 +188,20 @@ def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manif
                 "code_version": code_version(), "clean_checksum": clean.checksum(),
                 "defense_config": _as_json(defense.config if defense else {})}
     if table.measures:
-        identity["measures"] = _as_json({"names": list(table.measures), "sharpness": prof.sharpness})
+        identity["measures"] = _as_json({"names": list(table.measures), "sharpness": prof.sharpness,
+                                         "trajectory": prof.trajectory})
     if path.exists():
         record = json.loads(path.read_text())
         if all(record.get(k) == v for k, v in identity.items()):
             record["reused"] = True
             return record  # finished in an earlier run
-    trainable, seconds, after, stats, purified = 0, 0.0, before, {}, model
+    trainable, seconds, after, stats, purified, points = 0, 0.0, before, {}, model, []
+    if defense is not None and "trajectory" in table.measures:  # FIP Figure 3: measured along the defense
+        t = prof.trajectory
+        subset = test.subset(list(range(min(t["test_images"], len(test)))))
+        points.append(trajectory.start_point(model, clean, subset, attack, t["iterations"], device, prof.bf16))
+        defense.callback = trajectory.recorder(points, clean, subset, attack, max(1, defense.config["steps"] //
+                                               t["points"]), t["iterations"], device, prof.bf16)
     if defense is not None:
         purified = defense.purify(model, clean)
         after = evaluate(purified, test, attack, device=device, bf16=prof.bf16)
@@ -211,6 +219,7 @@ def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manif
         "acc_before": before["acc"], "asr_before": before.get("asr", np.nan), "seconds": round(seconds, 2),
         "trainable_params": trainable, "overrides": overrides, "method": defense.name if defense else NO_DEFENSE,
         "defense_stats": _as_json(stats), **_as_json(measured), **identity,
+        **({"trajectory": _as_json(points)} if points else {}),
         "clean_images": len(clean), "clean_per_class": per_class, "training_config": manifest["config"],
         "torch": torch.__version__, "device": device, "device_name": device_name(device),
         "host": platform.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

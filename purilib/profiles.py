@@ -29,6 +29,8 @@ class Profile:
     bf16: bool = False
     # the sharpness measurement (tables with measures=("sharpness",)): power iterations, Hutchinson samples
     sharpness: dict = field(default_factory=lambda: dict(iterations=20, samples=50))
+    # the trajectory measurement (FIP Figure 3): points along the defense, test images, power iterations
+    trajectory: dict = field(default_factory=lambda: dict(points=10, test_images=1000, iterations=10))
     description: str = ""
 
 
@@ -41,7 +43,7 @@ PROFILES = {
         clean_per_class=10,
         # 20 steps of 32 images: enough to exercise every defense; I-BAU's steps cost ~K + 3 passes each
         defense_overrides={"*": dict(steps=20, batch_size=32), "I-BAU": dict(steps=10, rounds=2)},
-        sharpness=dict(iterations=3, samples=3),
+        sharpness=dict(iterations=3, samples=3), trajectory=dict(points=4, test_images=200, iterations=3),
         # A 1/8-width network sees ~24k smooth synthetic images here: too few to pick up a 3x3 patch
         # (measured: BadNets ASR 3% at sizes 3 and 6, 100% at 8), a half-pixel warp (WaNet, 1-4%) or a
         # 32-level colour squeeze (BPPA, 3%).  The smoke profile makes such triggers strong enough to be

@@ -94,6 +94,13 @@ TABLES["fip-table6"] = Table(
     defenses=("No defense", "ANP", "FIP"), reference_files=("fip_table6.csv",), measures=("sharpness",),
     description="is a backdoored model's loss sharper, and does purification flatten it?")
 
+TABLES["fip-figure3"] = Table(
+    id="fip-figure3", paper="FIP (CCS 2024)",
+    title="Figure 3: lambda_max and ACC / ASR during FIP's purification (BadNets, TrojanNN, CLB, SIG)",
+    notebook="fip_figure3.ipynb", attacks=("BadNets", "Troj-one", "CLB", "SIG"), defenses=("FIP",),
+    reference_files=(), measures=("trajectory",),
+    description="does the loss flatten as the backdoor goes? (the paper's curves are not available as numbers)")
+
 TABLES["fip-figure4"] = Table(
     id="fip-figure4", paper="FIP (CCS 2024)",
     title="Figure 4: average purification runtime per defense (from the records of every table of a profile)",

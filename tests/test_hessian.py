@@ -48,3 +48,17 @@ def test_lambda_max_and_trace_match_the_eigenvalues():
     assert error > 0 and abs(trace - exact) < 4 * error  # Hutchinson is unbiased: within 4 standard errors
     wrong = hessian_trace(model, data, samples=400, seed=1)[0] * 2
     assert abs(wrong - exact) > 4 * error  # the check can fail
+
+
+def test_measuring_along_a_defense_does_not_change_what_it_does(model_and_clean):
+    from purilib.defenses import create_defense
+    from purilib.trajectory import recorder
+    model, clean = model_and_clean  # tests/conftest.py's tiny model
+    plain = create_defense("FT", steps=6, batch_size=16, device="cpu", progress=False).purify(model, clean)
+    points = []
+    watched = create_defense("FT", steps=6, batch_size=16, device="cpu", progress=False,
+                             callback=recorder(points, clean, clean, None, every=2, iterations=3))
+    measured = watched.purify(model, clean)
+    assert [p["step"] for p in points] == [2, 4, 6] and all(p["lambda_max"] > 0 for p in points)
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, measured.state_dict()[name]), name

@@ -1,0 +1,70 @@
+"""What happens during purification (FIP, CCS 2024, Figure 3): ACC, ASR and the Hessian's lambda_max
+every few steps of a defense, through the defenses' per-step callback.
+
+``recorder`` returns a callback for ``Defense(callback=...)`` that appends a point every ``every``
+steps: ACC / ASR / RA on a fixed test subset and lambda_max (power iteration, ``iterations`` steps)
+of the loss over the defense's clean set, for the model as it is at that step (masks included, for
+mask-based defenses).  The model's train / eval mode and its parameters' trainable flags are
+restored after each point, so the defense goes on as if nothing was measured.
+"""
+from .hessian import lambda_max
+from .layers import frozen
+from .metrics import evaluate
+
+
+def recorder(points: list, clean, test, attack, every: int, iterations=10, device="cpu", bf16=False):
+    def record(step, model):
+        if (step + 1) % every:
+            return
+        training = model.training
+        point = {"step": step + 1, **evaluate(model, test, attack, device=device, bf16=bf16)}
+        with frozen(model, trainable=list(model.parameters())):
+            point["lambda_max"] = lambda_max(model, clean, iterations=iterations)
+        model.train(training)
+        points.append(point)
+    return record
+
+
+def start_point(model, clean, test, attack, iterations=10, device="cpu", bf16=False) -> dict:
+    """Step 0: the model before purification."""
+    point = {"step": 0, **evaluate(model, test, attack, device=device, bf16=bf16)}
+    with frozen(model, trainable=list(model.parameters())):
+        point["lambda_max"] = lambda_max(model, clean, iterations=iterations)
+    return point
+
+
+def points_table(records):
+    """One row per (attack, defense, seed, step) of the records' trajectories."""
+    import pandas as pd
+    rows = [{"attack": r["attack"], "defense": r["defense"], "seed": r["seed"], **point}
+            for r in records.to_dict("records") if isinstance(r.get("trajectory"), list) for point in r["trajectory"]]
+    return pd.DataFrame(rows)
+
+
+def plot(points, title):
+    """Per attack: ACC and ASR (left axis, %) and lambda_max (right axis, log scale) against the step."""
+    import matplotlib.pyplot as plt
+    attacks = list(dict.fromkeys(points["attack"]))
+    fig, axes = plt.subplots(1, len(attacks), figsize=(3.2 * len(attacks), 2.8), squeeze=False)
+    for ax, attack in zip(axes[0], attacks):
+        curve = points[(points["attack"] == attack) & (points["seed"] == points["seed"].min())]
+        ax.plot(curve["step"], curve["acc"], "o-", label="ACC", color="tab:blue")
+        ax.plot(curve["step"], curve["asr"], "s-", label="ASR", color="tab:red")
+        ax.set(title=attack, xlabel="step", ylim=(0, 100))
+        sharp = ax.twinx()
+        sharp.plot(curve["step"], curve["lambda_max"], "^--", color="tab:gray", label="λmax")
+        sharp.set_yscale("log")
+        if ax is axes[0][-1]:
+            sharp.set_ylabel("λmax")
+    axes[0][0].set_ylabel("%")
+    axes[0][0].legend(fontsize=7, loc="center left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def markdown(points) -> str:
+    lines = ["| Attack | Defense | step | ACC | ASR | λmax |", "|---|---|---|---|---|---|"]
+    for r in points.itertuples():
+        lines.append(f"| {r.attack} | {r.defense} | {r.step} | {r.acc:.1f} | {r.asr:.1f} | {r.lambda_max:.2f} |")
+    return "\n".join(lines) + "\n"
