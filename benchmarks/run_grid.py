@@ -31,12 +31,15 @@ def main(argv=None):
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--executor", default="local")
     args = parser.parse_args(argv)
     try:
         records = experiment.run_table(args.table, profile=args.profile, attacks=args.attacks,
                                        defenses=args.defenses, seeds=args.seeds, device=args.device,
                                        data_root=args.data_root, cache_dir=args.cache_dir,
-                                       output_dir=args.output_dir, clean_per_class=args.clean_per_class)
+                                       output_dir=args.output_dir, clean_per_class=args.clean_per_class,
+                                       workers=args.workers, executor=args.executor)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ def check(argv):
     parser.add_argument("--clean-per-class", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--executor", default="local")
     args = parser.parse_args(argv)
     tables, profile = resolve_tables(args.table), get_profile(args.profile)
     resolve_device(args.device)
@@ -57,6 +58,15 @@ def check(argv):
         close = difflib.get_close_matches(args.model, MODELS, n=1)
         raise ValueError(f"unknown model '{args.model}'" + (f"; did you mean '{close[0]}'?" if close else "")
                          + f" (models: {', '.join(MODELS)})")
+    if args.executor not in ("local", "ray"):
+        close = difflib.get_close_matches(args.executor, ["local", "ray"], n=1)
+        raise ValueError(f"unknown executor '{args.executor}'" + (f"; did you mean '{close[0]}'?" if close else "")
+                         + " (local or ray)")
+    if args.executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ValueError("--executor ray needs Ray: pip install 'purilib[ray]'") from None
     if args.seeds < 1:
         raise ValueError(f"--seeds needs a positive integer, not {args.seeds}")
     pool = reserved_per_class(profile)

@@ -51,13 +51,15 @@ def _check_names(requested, allowed, kind, table):
 
 def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, device="auto",
               data_root=None, cache_dir=None, output_dir=None, progress=True, clean_per_class=None,
-              from_records=False, model=None) -> pd.DataFrame:
+              from_records=False, model=None, workers=1, executor="local", ray_address=None) -> pd.DataFrame:
     """Run the grid; ``clean_per_class`` (default: the profile's, 50 = the papers' 1%) sets how many
     clean images of each class every defense gets: 1 is the one-shot setting.  ``from_records``:
     train and run nothing, tabulate the records already in ``output_dir`` (made on another machine,
     a GPU one say); each must match the requested cell's training recipe and defense settings.
     ``model``: the network every model of the grid is (default: the profile's, the one the paper names);
-    e.g. "resnet18", the NFT / FIP authors' own."""
+    e.g. "resnet18", the NFT / FIP authors' own.  ``workers`` / ``executor``: see :mod:`purilib.executor`
+    (several local processes, one GPU each where there are GPUs; or a Ray cluster); the records are the
+    same whatever runs them."""
     table, prof = get_table(table_id), get_profile(profile)
     clean_per_class = prof.clean_per_class if clean_per_class is None else clean_per_class
     if not (isinstance(clean_per_class, int) and clean_per_class >= 1):
@@ -73,30 +75,58 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
         raise ValueError(f"seeds must be a positive integer, not {seeds!r}")
     if model is not None:
         create_model(model)  # an unknown name fails here, before anything runs
-        prof = dataclasses.replace(prof, training={**prof.training, "model": model})
+    prof = resolve_profile(profile, model)
     out = output_dir_for(table_id, profile, output_dir)
     if from_records:
         return _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out)
-    device = resolve_device(device)
     (out / "records").mkdir(parents=True, exist_ok=True)
-    records = []
-    for seed in range(seeds):
-        for attack_name in attacks:
-            model, manifest = train_backdoored_model(attack=attack_name, seed=seed, device=device,
-                                                     data_root=data_root, cache_dir=cache_dir,
-                                                     **training_settings(prof, attack_name))
-            train, _, test, attack, _, reserved = load_training_data(manifest["config"], data_root, cache_dir,
-                                                                     device)
-            restore_attack(attack, manifest, cache_dir)
-            clean = clean_subset(train, reserved, clean_per_class, seed=seed)
-            before = evaluate(model, test, attack, device=device, bf16=prof.bf16)
-            for defense_name in defenses:
-                records.append(_run_cell(table, prof, attack_name, attack, defense_name, seed, model, manifest,
-                                         clean, test, before, device, out, progress))
+    if workers != 1 or executor != "local":
+        from .executor import run_parallel
+        records = run_parallel(table, profile, model, attacks, defenses, seeds, clean_per_class, device,
+                               data_root, cache_dir, out, workers=workers, executor=executor,
+                               ray_address=ray_address, progress=progress)
+    else:
+        device = resolve_device(device)
+        records = []
+        for seed in range(seeds):
+            for attack_name in attacks:
+                row = prepare_row(prof, attack_name, seed, clean_per_class, device, data_root, cache_dir)
+                for defense_name in defenses:
+                    records.append(_run_cell(table, prof, attack_name, defense_name, seed, row, device, out,
+                                             progress))
     reused = sum(bool(r.pop("reused", False)) for r in records)
     print(f"{table.id} ({prof.name}): {len(records) - reused} cells computed, {reused} reused from "
           f"{out / 'records'} (same weights, code and settings)")
     return merge_records(load_records(out), pd.DataFrame(records))
+
+
+def resolve_profile(profile, model=None):
+    """The profile, its network replaced by ``model`` when one is given."""
+    prof = get_profile(profile)
+    return dataclasses.replace(prof, training={**prof.training, "model": model}) if model is not None else prof
+
+
+@dataclasses.dataclass
+class Row:
+    """What every cell of one (attack, seed) row shares: the model and its data."""
+    attack_name: str
+    model: torch.nn.Module
+    manifest: dict
+    attack: object
+    clean: object
+    test: object
+    before: dict
+
+
+def prepare_row(prof, attack_name, seed, clean_per_class, device, data_root=None, cache_dir=None) -> Row:
+    """Train (or load from cache) the row's model; its clean subset, test set and metrics before defense."""
+    model, manifest = train_backdoored_model(attack=attack_name, seed=seed, device=device, data_root=data_root,
+                                             cache_dir=cache_dir, **training_settings(prof, attack_name))
+    train, _, test, attack, _, reserved = load_training_data(manifest["config"], data_root, cache_dir, device)
+    restore_attack(attack, manifest, cache_dir)
+    clean = clean_subset(train, reserved, clean_per_class, seed=seed)
+    before = evaluate(model, test, attack, device=device, bf16=prof.bf16)
+    return Row(attack_name, model, manifest, attack, clean, test, before)
 
 
 def _with_clean_per_class(records: pd.DataFrame) -> pd.DataFrame:
@@ -175,8 +205,9 @@ def _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out)
     return pd.DataFrame(records)
 
 
-def _run_cell(table, prof, attack_name, attack, defense_name, seed, model, manifest, clean, test, before,
-              device, out, progress):
+def _run_cell(table, prof, attack_name, defense_name, seed, row, device, out, progress):
+    model, manifest, attack, clean, test, before = (row.model, row.manifest, row.attack, row.clean, row.test,
+                                                    row.before)
     per_class = len(clean) // clean.num_classes
     path = record_path(out, prof, attack_name, defense_name, seed, per_class)
     defense, overrides = _defense(table, prof, defense_name, device=device, bf16=prof.bf16, seed=seed,

@@ -19,13 +19,20 @@ Recipe: SGD with momentum and weight decay, batched random crop + flip,
 cross-entropy; the schedule is ``cosine`` (linear warm-up, cosine to zero) or
 ``step`` (x0.1 at ``milestones``, the seed papers' 100/150 of 250 epochs).
 """
+import contextlib
 import functools
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cache lock (one process at a time there)
+    fcntl = None
 
 from . import settings
 from .attacks import AttackContext, create_attack
@@ -96,12 +103,32 @@ def _clean_model(config, data_root, cache_dir, device):
     return train_backdoored_model(device=device, data_root=data_root, cache_dir=cache_dir, **clean_config)[0]
 
 
+@contextlib.contextmanager
+def one_writer(folder: Path):
+    """Hold ``folder``'s lock: of several processes filling one cache entry (parallel workers), one
+    trains and the others wait, then load what it wrote.  POSIX file locks; elsewhere no lock."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _prepare_attack(attack, config, train_part, cache_dir):
     """Run ``attack.prepare`` once per (attack, training recipe, data); cache what it learns."""
     recipe = {k: v for k, v in config.items() if k not in ("attack", "attack_kwargs")}
     key = config_key({"attack": attack.config(), "recipe": recipe, "data": train_part.checksum(),
                       "format": TRAINING_FORMAT})
     folder = settings.cache_dir(cache_dir) / "attacks" / key
+    with one_writer(folder):
+        _prepare_attack_once(attack, config, train_part, folder, recipe)
+
+
+def _prepare_attack_once(attack, config, train_part, folder, recipe):
     if (folder / "state.safetensors").exists():
         attack.load_state_dict(load_weights(folder / "state.safetensors"))
         return
@@ -238,6 +265,13 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
                   "data_checksum": train.checksum() + test.checksum(), "format": TRAINING_FORMAT}
     key = config_key(key_config)
     folder = settings.cache_dir(cache_dir) / "models" / key
+    with one_writer(folder):  # one trainer per model; a second process waits, then loads it
+        return _train_or_load(config, key, key_config, folder, device, train, train_part, test, attack, poison_idx,
+                              reserved, retrain, compile, cache_dir)
+
+
+def _train_or_load(config, key, key_config, folder, device, train, train_part, test, attack, poison_idx, reserved,
+                   retrain, compile, cache_dir):
     seed_everything(config["seed"])  # before the model exists: its initial weights follow the seed
     model = create_model(config["model"], num_classes=train.num_classes, width=config["width"])
     model = model.to(memory_format=torch.channels_last)
@@ -247,7 +281,6 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
         manifest.setdefault("weights_digest", weights_digest(model))  # manifests written before it existed
         restore_attack(attack, manifest, cache_dir)
         return model.to(device), manifest
-    folder.mkdir(parents=True, exist_ok=True)
     seconds = fit(model, train_part, config, device, checkpoint=folder / "partial.pt", attack=attack,
                   desc=f"train {config['attack']} {config['model']}x{config['width']}", compile=compile)
     metrics = evaluate(model, test, attack, device=device, bf16=config["bf16"])

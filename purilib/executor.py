@@ -1,0 +1,168 @@
+"""A table's grid on several workers: local processes (``workers=N``) or a Ray cluster (``executor="ray"``).
+
+A grid is models (one per attack and seed) and cells (one per defense on a model).  Jobs:
+
+- a model job trains its model into the cache (or finds it there);
+- a cell job loads that model, runs one defense, writes the cell's record (``experiment._run_cell``,
+  the sequential path's own code: the records are the same whatever runs them).
+
+A cell is submitted when its model is done.  TrojanNN and CLB need the benign model: their model job
+trains it, or waits for the worker already training it (the cache's per-entry lock,
+``training.one_writer``), so every model is trained once however many jobs need it.
+
+Local workers are spawned processes.  On a machine with GPUs each worker is pinned to one
+(``CUDA_VISIBLE_DEVICES``; workers beyond the GPU count share them round-robin: several cells on one
+GPU use it better than one).  On the CPU each worker gets cores / workers threads.  Ray: the same two
+jobs as Ray tasks on the cluster at ``ray_address`` / ``$RAY_ADDRESS`` (a local one if neither), each
+with a share of a GPU where the cluster has GPUs (``gpus_per_task``).  Every worker must see the data
+root and the cache (a shared file system on a cluster): they are passed to it as given here.
+"""
+import concurrent.futures as futures
+import multiprocessing
+import os
+
+from . import settings
+from .devices import resolve_device
+from .progress import progress as progress_bar
+
+
+def _train_job(job):
+    from .experiment import resolve_profile
+    from .profiles import training_settings
+    from .training import train_backdoored_model
+    prof = resolve_profile(job["profile"], job["model"])
+    train_backdoored_model(attack=job["attack"], seed=job["seed"], device=job["device"], data_root=job["data_root"],
+                           cache_dir=job["cache_dir"], **training_settings(prof, job["attack"]))
+    return job["attack"], job["seed"]
+
+
+_ROW = {}  # a worker keeps the last row it prepared: consecutive cells of one model load it once
+
+
+def _cell_job(job):
+    from pathlib import Path
+
+    from .experiment import _run_cell, prepare_row, resolve_profile
+    from .tables import get_table
+    prof = resolve_profile(job["profile"], job["model"])
+    key = (job["profile"], job["model"], job["attack"], job["seed"], job["clean_per_class"])
+    if key not in _ROW:
+        _ROW.clear()
+        _ROW[key] = prepare_row(prof, job["attack"], job["seed"], job["clean_per_class"], job["device"],
+                                job["data_root"], job["cache_dir"])
+    return _run_cell(get_table(job["table"]), prof, job["attack"], job["defense"], job["seed"], _ROW[key],
+                     job["device"], Path(job["out"]), False)
+
+
+def _pin_worker(gpu_queue, threads):
+    """Worker initialiser: one GPU (before CUDA is initialised), a fair share of the CPU threads."""
+    if gpu_queue is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
+    os.environ["PURILIB_PROGRESS"] = "0"
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _jobs(table, profile, model, attacks, defenses, seeds, clean_per_class, device, data_root, cache_dir, out):
+    common = dict(profile=profile, model=model, device=device, data_root=data_root,
+                  cache_dir=str(settings.cache_dir(cache_dir)), clean_per_class=clean_per_class)
+    # the benign model first: TrojanNN and CLB need it
+    rows = sorted([(a, s) for s in range(seeds) for a in attacks], key=lambda r: r[0] != "Benign")
+    models = {(a, s): {**common, "attack": a, "seed": s} for a, s in rows}
+    cells = {(a, s): [{**common, "attack": a, "seed": s, "defense": d, "table": table.id, "out": str(out)}
+                      for d in defenses] for a, s in rows}
+    return models, cells
+
+
+def run_parallel(table, profile, model, attacks, defenses, seeds, clean_per_class, device, data_root, cache_dir,
+                 out, workers=2, executor="local", ray_address=None, progress=True) -> list:
+    """Run the grid's jobs on ``workers`` local processes or on Ray; return the cells' records in the
+    grid's order (seed, attack, defense), whatever order they finished in."""
+    if executor not in ("local", "ray"):
+        raise ValueError(f"unknown executor '{executor}'; choose 'local' or 'ray'")
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ValueError(f"workers must be a positive integer, not {workers!r}")
+    device = resolve_device(device)
+    data_root = str(settings.data_root(data_root))
+    models, cells = _jobs(table, profile, model, attacks, defenses, seeds, clean_per_class, device, data_root,
+                          cache_dir, out)
+    run = _run_ray if executor == "ray" else _run_local
+    done = run(models, cells, workers, device, ray_address, progress)
+    order = [(s, a, d) for s in range(seeds) for a in attacks for d in defenses]
+    return [done[key] for key in order]
+
+
+def _bar(total, enabled):
+    """One overall bar: cells done / total, with its ETA, and how many jobs are queued or running."""
+    return progress_bar(total=total, desc="cells", enabled=enabled)
+
+
+def _run_local(models, cells, workers, device, ray_address, progress):
+    gpus = 0
+    if device.startswith("cuda"):
+        import torch
+        gpus = torch.cuda.device_count()
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    queue = None
+    if gpus:
+        queue = context.Manager().Queue()
+        for i in range(workers):
+            queue.put(i % gpus)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    worker_device = "cuda" if gpus else device  # each worker sees its one GPU as cuda:0
+    total = sum(len(c) for c in cells.values())
+    bar, done = _bar(total, progress), {}
+    with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_pin_worker,
+                                     initargs=(queue, threads)) as pool:
+        pending = {pool.submit(_train_job, {**job, "device": worker_device}): ("model", key)
+                   for key, job in models.items()}
+        while pending:
+            finished, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+            for future in finished:
+                kind, key = pending.pop(future)
+                result = future.result()  # a failed job stops the run; finished cells are on disk
+                if kind == "model":
+                    for job in cells[key]:
+                        pending[pool.submit(_cell_job, {**job, "device": worker_device})] = ("cell", job)
+                else:
+                    done[(key["seed"], key["attack"], key["defense"])] = result
+                    _advance(bar, done, total, len(pending))
+    return done
+
+
+def _advance(bar, done, total, running):
+    bar.update(1)
+    bar.set_postfix_str(f"{running} jobs queued or running", refresh=False)
+    if len(done) == total:
+        bar.close()
+
+
+def _run_ray(models, cells, workers, device, ray_address, progress):
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("executor='ray' needs Ray: pip install 'purilib[ray]'") from None
+    env = {k: v for k, v in os.environ.items() if k.startswith("PURILIB_")}
+    ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True,
+             runtime_env={"env_vars": {**env, "PURILIB_PROGRESS": "0"}}, log_to_driver=False)
+    gpu = 0.0
+    if device.startswith("cuda"):
+        gpu = 1.0 / max(1, workers)  # ``workers`` tasks share one GPU
+    train = ray.remote(num_gpus=gpu, num_cpus=1)(_train_job)
+    cell = ray.remote(num_gpus=gpu, num_cpus=1)(_after_model)
+    model_refs = {key: train.remote({**job, "device": "cuda" if gpu else device}) for key, job in models.items()}
+    refs = {cell.remote(model_refs[key], {**job, "device": "cuda" if gpu else device}): job
+            for key, jobs in cells.items() for job in jobs}
+    total = len(refs)
+    bar, done = _bar(total, progress), {}
+    while refs:
+        ready, _ = ray.wait(list(refs), num_returns=1)
+        job = refs.pop(ready[0])
+        done[(job["seed"], job["attack"], job["defense"])] = ray.get(ready[0])
+        _advance(bar, done, total, len(refs))
+    return done
+
+
+def _after_model(_model_done, job):
+    """A cell as a Ray task: Ray starts it once its model task (the first argument) has finished."""
+    return _cell_job(job)
