@@ -12,7 +12,8 @@ trains it, or waits for the worker already training it (the cache's per-entry lo
 
 Local workers are spawned processes.  On a machine with GPUs each worker is pinned to one
 (``CUDA_VISIBLE_DEVICES``; workers beyond the GPU count share them round-robin: several cells on one
-GPU use it better than one).  On the CPU each worker gets cores / workers threads.  Ray: the same two
+GPU use it better than one).  On the CPU each worker computes with the parent's thread count, so that
+its numbers are the sequential run's (a CPU's float reductions depend on the thread count).  Ray: the same two
 jobs as Ray tasks on the cluster at ``ray_address`` / ``$RAY_ADDRESS`` (a local one if neither), each
 with a share of a GPU where the cluster has GPUs (``gpus_per_task``).  Every worker must see the data
 root and the cache (a shared file system on a cluster): they are passed to it as given here.
@@ -55,7 +56,7 @@ def _cell_job(job):
 
 
 def _pin_worker(gpu_queue, threads):
-    """Worker initialiser: one GPU (before CUDA is initialised), a fair share of the CPU threads."""
+    """Worker initialiser: one GPU (before CUDA is initialised), the parent's CPU thread count."""
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
     os.environ["PURILIB_PROGRESS"] = "0"
@@ -108,7 +109,11 @@ def _run_local(models, cells, workers, device, ray_address, progress):
         queue = context.Manager().Queue()
         for i in range(workers):
             queue.put(i % gpus)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    import torch
+    # every worker computes with this process's thread count: a CPU's float reductions depend on it, and
+    # the records must not depend on how many workers made them (ANP's pruning threshold flips a smoke
+    # cell between 1 and 2 threads); with fewer cores than workers x threads, workers wait for cores
+    threads = torch.get_num_threads()
     worker_device = "cuda" if gpus else device  # each worker sees its one GPU as cuda:0
     total = sum(len(c) for c in cells.values())
     bar, done = _bar(total, progress), {}
