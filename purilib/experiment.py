@@ -8,12 +8,14 @@ loses at most the cell in progress and a rerun skips finished cells.
 published numbers; ``write_outputs`` saves ``table.csv``, ``table.md`` and the
 figure.
 """
+import csv
 import dataclasses
 import json
 import os
 import platform
 import re
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -334,6 +336,54 @@ def to_markdown(summary: pd.DataFrame, title: str, profile: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def average_drop(summary: pd.DataFrame, table_id: str) -> pd.DataFrame:
+    """Per defense: the mean drop in ASR and in ACC from 'No defense' over the attacks it ran on (Benign
+    left out), ours beside the paper's over the same attacks (recomputed from its cells), and, where the
+    paper prints an "Avg. Drop" row (NFT Table 1), that row and its own recomputation over all attacks."""
+    paper = published(get_table(table_id))
+    printed = {}
+    if table_id == "nft-table1":
+        text = resources.files("purilib.references").joinpath("nft_table1_avgdrop.csv").read_text()
+        printed = {r["defense"]: r for r in csv.DictReader(text.splitlines()) if r["dataset"] == "CIFAR-10"}
+    frame = summary[summary["attack"] != "Benign"]
+    base = frame[frame["defense"] == NO_DEFENSE].set_index(["attack", "clean_per_class"])
+    rows = []
+    for (defense, per_class), group in frame[frame["defense"] != NO_DEFENSE].groupby(["defense", "clean_per_class"],
+                                                                                    sort=False):
+        group = group.set_index(["attack", "clean_per_class"])
+        attacks = [a for a in group.index if a in base.index]
+        ours = {m: np.mean([base.loc[a, m] - group.loc[a, m] for a in attacks]) if attacks else np.nan
+                for m in ("asr", "acc")}
+        same = [a for a, _ in attacks if (a, NO_DEFENSE) in paper and (a, defense) in paper]
+        theirs = {m: np.mean([paper[(a, NO_DEFENSE)][m] - paper[(a, defense)][m] for a in same]) if same else np.nan
+                  for m in ("asr", "acc")}
+        p = printed.get(defense, {})
+        rows.append({"defense": defense, "clean_per_class": per_class, "attacks": len(attacks),
+                     "asr_drop": ours["asr"], "acc_drop": ours["acc"],
+                     "paper_asr_drop_same_attacks": theirs["asr"], "paper_acc_drop_same_attacks": theirs["acc"],
+                     "paper_asr_drop_printed": float(p.get("asr_drop_printed") or np.nan),
+                     "paper_acc_drop_printed": float(p.get("acc_drop_printed") or np.nan),
+                     "paper_asr_drop_recomputed": float(p.get("asr_drop_recomputed") or np.nan),
+                     "paper_acc_drop_recomputed": float(p.get("acc_drop_recomputed") or np.nan)})
+    return pd.DataFrame(rows)
+
+
+def average_drop_markdown(drops: pd.DataFrame) -> str:
+    lines = ["## Average drop from 'No defense' (ASR / ACC, points)", "",
+             "Ours over the attacks this run has; the paper's recomputed from its cells over the same attacks; "
+             "the paper's printed \"Avg. Drop\" row and the mean of its own cells over all 14 attacks (they "
+             "differ for some defenses, as printed).", "",
+             "| Defense | clean/class | attacks | ours | paper, same attacks | paper printed | paper recomputed |",
+             "|---|---|---|---|---|---|---|"]
+    for r in drops.itertuples():
+        pair = lambda a, b: "–" if pd.isna(a) else f"{a:.1f} / {b:.1f}"  # noqa: E731
+        lines.append(f"| {r.defense} | {r.clean_per_class} | {r.attacks} | {pair(r.asr_drop, r.acc_drop)} | "
+                     f"{pair(r.paper_asr_drop_same_attacks, r.paper_acc_drop_same_attacks)} | "
+                     f"{pair(r.paper_asr_drop_printed, r.paper_acc_drop_printed)} | "
+                     f"{pair(r.paper_asr_drop_recomputed, r.paper_acc_drop_recomputed)} |")
+    return "\n".join(lines) + "\n"
+
+
 def sharpness_markdown(summary: pd.DataFrame, title: str, profile: str) -> str:
     """The sharpness columns (FIP Table 6): lambda_max and the Hessian's trace beside the paper's, with
     ASR / ACC."""
@@ -396,6 +446,8 @@ def write_outputs(records: pd.DataFrame, table_id: str, profile: str, output_dir
     text = to_markdown(summary, f"{table.paper}, {table.title}", profile)
     if "sharpness" in table.measures:
         text = sharpness_markdown(summary, f"{table.paper}, {table.title}", profile) + "\n" + text
+    elif not table.variants:
+        text += "\n" + average_drop_markdown(average_drop(summary, table_id))
     (out / "table.md").write_text(text)
     figure = plot(summary, f"{table.paper} {table.id} ({profile})")
     figure.savefig(out / "asr_acc.png", dpi=120)

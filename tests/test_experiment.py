@@ -104,3 +104,14 @@ def test_a_partial_run_merges_into_the_table_and_rows_never_mix_models():
     # Blend's row is kept; BadNets' NFT cell was computed from other weights than the new No-defense cell
     assert sorted(zip(merged["attack"], merged["defense"], merged["acc"])) == [
         ("BadNets", "No defense", 91.0), ("Blend", "NFT", 88.0)]
+
+
+def test_average_drop_beside_the_papers_printed_and_recomputed_rows():
+    from purilib.experiment import average_drop
+    records = pd.DataFrame([record("BadNets", "No defense", 0, 90.0, 100.0), record("BadNets", "ANP", 0, 80.0, 10.0),
+                            record("Blend", "No defense", 0, 92.0, 100.0), record("Blend", "ANP", 0, 86.0, 30.0)])
+    drop = average_drop(summarize(records, "nft-table1"), "nft-table1").set_index("defense").loc["ANP"]
+    assert drop.attacks == 2 and drop.asr_drop == 80.0 and drop.acc_drop == 8.0
+    # the paper's own cells over the same two attacks: BadNets 100 -> 4.87, Blend 100 -> 4.77 (ASR)
+    assert drop.paper_asr_drop_same_attacks == pytest.approx((95.13 + 95.23) / 2)
+    assert drop.paper_asr_drop_printed == 92.63 and drop.paper_acc_drop_recomputed == 5.94
