@@ -340,9 +340,8 @@ def average_drop(summary: pd.DataFrame, table_id: str) -> pd.DataFrame:
     """Per defense: the mean drop in ASR and in ACC from 'No defense' over the attacks it ran on (Benign
     left out), ours beside the paper's over the same attacks (recomputed from its cells), and, where the
     paper prints an "Avg. Drop" row (NFT Table 1), that row and its own recomputation over all attacks."""
-    paper = published(get_table(table_id))
     printed = {}
-    if table_id == "nft-table1":
+    if table_id in ("nft-table1", "defenses"):  # both compare with NFT Table 1's cells
         text = resources.files("purilib.references").joinpath("nft_table1_avgdrop.csv").read_text()
         printed = {r["defense"]: r for r in csv.DictReader(text.splitlines()) if r["dataset"] == "CIFAR-10"}
     frame = summary[summary["attack"] != "Benign"]
@@ -354,10 +353,11 @@ def average_drop(summary: pd.DataFrame, table_id: str) -> pd.DataFrame:
         attacks = [a for a in group.index if a in base.index]
         ours = {m: np.mean([base.loc[a, m] - group.loc[a, m] for a in attacks]) if attacks else np.nan
                 for m in ("asr", "acc")}
-        same = [a for a, _ in attacks if (a, NO_DEFENSE) in paper and (a, defense) in paper]
-        theirs = {m: np.mean([paper[(a, NO_DEFENSE)][m] - paper[(a, defense)][m] for a in same]) if same else np.nan
-                  for m in ("asr", "acc")}
-        p = printed.get(defense, {})
+        # the paper's cells as the summary attached them: only at the paper's amount of clean data
+        same = [k for k in attacks if not pd.isna(base.loc[k, "paper_asr"]) and not pd.isna(group.loc[k, "paper_asr"])]
+        theirs = {m: np.mean([base.loc[k, f"paper_{m}"] - group.loc[k, f"paper_{m}"] for k in same]) if same
+                  else np.nan for m in ("asr", "acc")}
+        p = printed.get(defense, {}) if same else {}
         rows.append({"defense": defense, "clean_per_class": per_class, "attacks": len(attacks),
                      "asr_drop": ours["asr"], "acc_drop": ours["acc"],
                      "paper_asr_drop_same_attacks": theirs["asr"], "paper_acc_drop_same_attacks": theirs["acc"],
