@@ -20,11 +20,14 @@ from .tables import get_table
 
 def collect(profile: str, results_dir=None) -> pd.DataFrame:
     """Every record of ``results_dir/<table>/<profile>/records`` with a defense that ran (not
-    'No defense'), one per (attack, defense, seed, weights), the most recently finished kept."""
+    'No defense') on named hardware, one per (attack, defense, seed, weights), the most recently
+    finished kept."""
     root = Path(results_dir) if results_dir else settings.results_dir()
     rows = []
     for path in sorted(root.glob(f"*/{profile}/records/*.json")):
         record = json.loads(path.read_text())
+        if not record.get("device_name"):
+            continue  # made before records named their hardware: a runtime on unknown hardware says nothing
         if record.get("seconds", 0) > 0 and record.get("method", record.get("defense")) != "No defense":
             rows.append({"table": path.parts[-4], "attack": record["attack"], "defense": record["defense"],
                          "method": record.get("method", record["defense"]), "seed": record["seed"],
@@ -67,7 +70,8 @@ def markdown(table: pd.DataFrame, profile: str) -> str:
              "Ours: mean wall seconds of each defense over the records of this profile (every table), on the "
              "hardware named; paper: FIP Figure 4, one NVIDIA RTX 3090, averaged over the 14 CIFAR-10 attacks. A "
              "record made while other processes shared the machine is slower than one made alone: the host's load "
-             "average at the end of each cell is shown.", "",
+             "average at the end of each cell is shown. Records that do not name their hardware (made before records "
+             "did) are left out.", "",
              "| Defense | seconds ours | records | attacks | hardware | mean load average | seconds paper |",
              "|---|---|---|---|---|---|---|"]
     for r in table.itertuples():

@@ -28,9 +28,9 @@ def test_fip_table6_reads_the_sharpness_and_maps_the_attack_names():
     assert paper[("Troj-one", "FIP")]["trace_hessian"] > 0 and ("Trojan", "FIP") not in paper
 
 
-def _record(folder, attack, defense, seconds, method=None, digest="w", finished="2026-01-01"):
+def _record(folder, attack, defense, seconds, method=None, digest="w", finished="2026-01-01", hardware="cpu X"):
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"attack": attack, "defense": defense, "seed": 0, "seconds": seconds, "device_name": "cpu X",
+    record = {"attack": attack, "defense": defense, "seed": 0, "seconds": seconds, "device_name": hardware,
               "load_average_1min": 2.0, "weights_digest": digest, "finished": finished,
               "method": method or defense, "training_config": {"format": 5}}
     (folder / f"{attack}__{defense}.json").write_text(json.dumps(record))
@@ -43,10 +43,12 @@ def test_runtimes_average_each_defense_over_the_records_of_every_table(tmp_path)
     _record(tmp_path / "nft-study" / "cpu" / "records", "BadNets", "lr 0.5", 5.0, method="NFT")  # a variant
     _record(tmp_path / "defenses" / "cpu" / "records", "BadNets", "No defense", 0.0)
     _record(tmp_path / "defenses" / "gpu" / "records", "BadNets", "FIP", 7.0)  # another profile
+    _record(tmp_path / "defenses" / "cpu" / "records", "Blend", "RNP", 9.0, hardware="")  # unknown hardware
     table = runtime.average(runtime.collect("cpu", tmp_path), get_table("fip-figure4").defenses).set_index("defense")
     assert table.loc["ANP", "seconds"] == 200.0 and table.loc["ANP", "records"] == 2
     assert table.loc["ANP", "attacks"] == "BadNets, Blend" and table.loc["ANP", "paper_seconds"] == 118.1
     assert table.loc["FIP", "records"] == 0 and table.loc["FIP", "paper_seconds"] == 20.8
+    assert table.loc["RNP", "records"] == 0
 
 
 def test_the_index_summarises_each_table_and_keeps_the_prose_around_it(tmp_path):
