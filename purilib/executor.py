@@ -3,7 +3,7 @@
 A grid is models (one per attack and seed) and cells (one per defense on a model).  Jobs:
 
 - a model job trains its model into the cache (or finds it there);
-- a cell job loads that model, runs one defense, writes the cell's record (``experiment._run_cell``,
+- a cell job loads that model, runs one defense, writes the cell's record (``cells.run_cell``,
   the sequential path's own code: the records are the same whatever runs them).
 
 A cell is submitted when its model is done.  TrojanNN and CLB need the benign model: their model job
@@ -28,7 +28,7 @@ from .progress import progress as progress_bar
 
 
 def _train_job(job):
-    from .experiment import resolve_profile
+    from .cells import resolve_profile
     from .profiles import training_settings
     from .training import train_backdoored_model
     prof = resolve_profile(job["profile"], job["model"])
@@ -43,7 +43,7 @@ _ROW = {}  # a worker keeps the last row it prepared: consecutive cells of one m
 def _cell_job(job):
     from pathlib import Path
 
-    from .experiment import _run_cell, prepare_row, resolve_profile
+    from .cells import prepare_row, resolve_profile, run_cell
     from .tables import get_table
     prof = resolve_profile(job["profile"], job["model"])
     key = (job["profile"], job["model"], job["attack"], job["seed"], job["clean_per_class"])
@@ -51,7 +51,7 @@ def _cell_job(job):
         _ROW.clear()
         _ROW[key] = prepare_row(prof, job["attack"], job["seed"], job["clean_per_class"], job["device"],
                                 job["data_root"], job["cache_dir"])
-    return _run_cell(get_table(job["table"]), prof, job["attack"], job["defense"], job["seed"], _ROW[key],
+    return run_cell(get_table(job["table"]), prof, job["attack"], job["defense"], job["seed"], _ROW[key],
                      job["device"], Path(job["out"]), False)
 
 

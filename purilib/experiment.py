@@ -9,31 +9,22 @@ published numbers; ``write_outputs`` saves ``table.csv``, ``table.md`` and the
 figure.
 """
 import csv
-import dataclasses
 import json
-import os
-import platform
-import re
-import time
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import settings
-from .data import clean_subset
-from .defenses import NO_DEFENSE, create_defense
-from . import trajectory
-from .hessian import sharpness
-from .metrics import defense_effectiveness_rating, evaluate
+from .defenses import NO_DEFENSE
+from .cells import as_json, column_defense, prepare_row, record_path, resolve_profile, run_cell  # noqa: F401 (re-exported)
 from .models import create_model
-from .profiles import defense_overrides, get_profile, reserved_per_class, training_settings
-from .devices import device_name, resolve_device
+from .profiles import get_profile, reserved_per_class, training_settings
+from .devices import resolve_device
 from .provenance import code_version
 from .tables import get_table, published
-from .training import TRAINING_FORMAT, load_training_data, restore_attack, train_backdoored_model
+from .training import TRAINING_FORMAT
 
 
 code_version()  # pinned at import: what this process runs (see provenance.code_version)
@@ -94,41 +85,12 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
             for attack_name in attacks:
                 row = prepare_row(prof, attack_name, seed, clean_per_class, device, data_root, cache_dir)
                 for defense_name in defenses:
-                    records.append(_run_cell(table, prof, attack_name, defense_name, seed, row, device, out,
+                    records.append(run_cell(table, prof, attack_name, defense_name, seed, row, device, out,
                                              progress))
     reused = sum(bool(r.pop("reused", False)) for r in records)
     print(f"{table.id} ({prof.name}): {len(records) - reused} cells computed, {reused} reused from "
           f"{out / 'records'} (same weights, code and settings)")
     return merge_records(load_records(out), pd.DataFrame(records))
-
-
-def resolve_profile(profile, model=None):
-    """The profile, its network replaced by ``model`` when one is given."""
-    prof = get_profile(profile)
-    return dataclasses.replace(prof, training={**prof.training, "model": model}) if model is not None else prof
-
-
-@dataclasses.dataclass
-class Row:
-    """What every cell of one (attack, seed) row shares: the model and its data."""
-    attack_name: str
-    model: torch.nn.Module
-    manifest: dict
-    attack: object
-    clean: object
-    test: object
-    before: dict
-
-
-def prepare_row(prof, attack_name, seed, clean_per_class, device, data_root=None, cache_dir=None) -> Row:
-    """Train (or load from cache) the row's model; its clean subset, test set and metrics before defense."""
-    model, manifest = train_backdoored_model(attack=attack_name, seed=seed, device=device, data_root=data_root,
-                                             cache_dir=cache_dir, **training_settings(prof, attack_name))
-    train, _, test, attack, _, reserved = load_training_data(manifest["config"], data_root, cache_dir, device)
-    restore_attack(attack, manifest, cache_dir)
-    clean = clean_subset(train, reserved, clean_per_class, seed=seed)
-    before = evaluate(model, test, attack, device=device, bf16=prof.bf16)
-    return Row(attack_name, model, manifest, attack, clean, test, before)
 
 
 def _with_clean_per_class(records: pd.DataFrame) -> pd.DataFrame:
@@ -162,36 +124,16 @@ def merge_records(earlier: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(kept).sort_values("_order").drop(columns=["_model", "_order"]).reset_index(drop=True)
 
 
-def record_path(out, prof, attack_name, defense_name, seed, per_class) -> Path:
-    shots = "" if per_class == prof.clean_per_class else f"__{per_class}per_class"
-    column = re.sub(r"[^A-Za-z0-9._-]", "_", defense_name)  # file names portable everywhere
-    return out / "records" / f"{attack_name}__{column}__seed{seed}{shots}.json"
-
-
-def _defense(table, prof, column, **kwargs):
-    """The defense a column runs (None for 'No defense') and the settings the column and the profile
-    override (the profile's last: the smoke profile's budget shrinks a study's columns too)."""
-    name, settings = table.method(column)
-    if name == NO_DEFENSE:
-        return None, {}
-    overrides = {**settings, **defense_overrides(prof, name)}
-    return create_defense(name, **kwargs, **overrides), overrides
-
-
-def _as_json(value):
-    return json.loads(json.dumps(value, default=float))
-
-
 def _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out) -> pd.DataFrame:
     """The records of the requested cells, checked against the recipe they should have been made with."""
     records, missing = [], []
     for seed in range(seeds):
         for attack_name in attacks:
-            recipe = _as_json(training_settings(prof, attack_name))
+            recipe = as_json(training_settings(prof, attack_name))
             for defense_name in defenses:
                 path = record_path(out, prof, attack_name, defense_name, seed, clean_per_class)
-                defense, _ = _defense(table, prof, defense_name, device="cpu", seed=seed)
-                settings = _as_json(defense.config) if defense else {}
+                defense, _ = column_defense(table, prof, defense_name, device="cpu", seed=seed)
+                settings = as_json(defense.config) if defense else {}
                 record = json.loads(path.read_text()) if path.exists() else None
                 if record is None:
                     missing.append(f"{attack_name} x {defense_name} (seed {seed}): no record")
@@ -205,63 +147,6 @@ def _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out)
         raise ValueError(f"{table.id} ({prof.name}) from records: {len(missing)} cells cannot be tabulated: "
                          + "; ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
     return pd.DataFrame(records)
-
-
-def _run_cell(table, prof, attack_name, defense_name, seed, row, device, out, progress):
-    model, manifest, attack, clean, test, before = (row.model, row.manifest, row.attack, row.clean, row.test,
-                                                    row.before)
-    per_class = len(clean) // clean.num_classes
-    path = record_path(out, prof, attack_name, defense_name, seed, per_class)
-    defense, overrides = _defense(table, prof, defense_name, device=device, bf16=prof.bf16, seed=seed,
-                                  progress=progress)
-    # a finished record is reused only if it was computed from these very weights (not only the same
-    # recipe: another machine trains other weights from it), by this code, on the same clean data, with
-    # the defense's full settings
-    identity = {"model_key": manifest["key"], "weights_digest": manifest["weights_digest"],
-                "code_version": code_version(), "clean_checksum": clean.checksum(),
-                "defense_config": _as_json(defense.config if defense else {})}
-    if table.measures:
-        identity["measures"] = _as_json({"names": list(table.measures), "sharpness": prof.sharpness,
-                                         "trajectory": prof.trajectory})
-    if path.exists():
-        record = json.loads(path.read_text())
-        if all(record.get(k) == v for k, v in identity.items()):
-            record["reused"] = True
-            return record  # finished in an earlier run
-    trainable, seconds, after, stats, purified, points = 0, 0.0, before, {}, model, []
-    if defense is not None and "trajectory" in table.measures:  # FIP Figure 3: measured along the defense
-        t = prof.trajectory
-        subset = test.subset(list(range(min(t["test_images"], len(test)))))
-        points.append(trajectory.start_point(model, clean, subset, attack, t["iterations"], device, prof.bf16))
-        defense.callback = trajectory.recorder(points, clean, subset, attack, max(1, defense.config["steps"] //
-                                               t["points"]), t["iterations"], device, prof.bf16)
-    if defense is not None:
-        purified = defense.purify(model, clean)
-        after = evaluate(purified, test, attack, device=device, bf16=prof.bf16)
-        stats = dict(defense.stats)
-        trainable, seconds = stats.pop("trainable_params"), stats.pop("seconds")
-    measured = {}
-    if "sharpness" in table.measures:  # on the defenses' clean set: the data every defense was given
-        measured = sharpness(purified, clean, seed=seed, data_name="the defenses' clean set", **prof.sharpness)
-    der = np.nan
-    if attack is not None:
-        der = defense_effectiveness_rating(before["asr"], after["asr"], before["acc"], after["acc"])
-    record = {
-        "table": table.id, "profile": prof.name, "attack": attack_name, "defense": defense_name, "seed": seed,
-        "acc": after["acc"], "asr": after.get("asr", np.nan), "ra": after.get("ra", np.nan), "der": der,
-        "acc_before": before["acc"], "asr_before": before.get("asr", np.nan), "seconds": round(seconds, 2),
-        "trainable_params": trainable, "overrides": overrides, "method": defense.name if defense else NO_DEFENSE,
-        "defense_stats": _as_json(stats), **_as_json(measured), **identity,
-        **({"trajectory": _as_json(points)} if points else {}),
-        "clean_images": len(clean), "clean_per_class": per_class, "training_config": manifest["config"],
-        "torch": torch.__version__, "device": device, "device_name": device_name(device),
-        "host": platform.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "load_average_1min": round(os.getloadavg()[0], 2),  # wall seconds mean little on a busy machine
-    }
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(record, indent=1, default=float))
-    partial.replace(path)
-    return record
 
 
 def load_records(output_dir) -> pd.DataFrame:

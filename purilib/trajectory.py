@@ -7,9 +7,17 @@ of the loss over the defense's clean set, for the model as it is at that step (m
 mask-based defenses).  The model's train / eval mode and its parameters' trainable flags are
 restored after each point, so the defense goes on as if nothing was measured.
 """
+from .data import class_balanced_split
 from .hessian import lambda_max
 from .layers import frozen
 from .metrics import evaluate
+
+
+def test_subset(test, images: int):
+    """A fixed, class-balanced subset of the test set (a data set stored class by class would otherwise
+    give a first slice of the target class alone, and no ASR)."""
+    per_class = max(1, images // test.num_classes)
+    return test.subset(class_balanced_split(test.labels, per_class, 0)[0])
 
 
 def recorder(points: list, clean, test, attack, every: int, iterations=10, device="cpu", bf16=False):

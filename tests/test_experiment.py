@@ -54,14 +54,14 @@ def test_a_table_renders_from_its_records_without_training(tmp_path, monkeypatch
     """Records made elsewhere (a GPU machine) are tabulated without any model: nothing is trained."""
     import json
 
-    import purilib.experiment as experiment
+    import purilib.cells as cells
     grid = dict(attacks=["BadNets"], defenses=["No defense", "FT"], output_dir=tmp_path / "out",
                 cache_dir=tmp_path / "cache", device="cpu", progress=False)
     made = run_table("defenses", **grid)
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained although every record exists")
-    monkeypatch.setattr(experiment, "train_backdoored_model", no_training)
+    monkeypatch.setattr(cells, "train_backdoored_model", no_training)
     again = run_table("defenses", from_records=True, **grid)
     columns = ["attack", "defense", "acc", "asr"]
     assert again[columns].sort_values(columns).reset_index(drop=True).equals(

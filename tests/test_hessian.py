@@ -62,3 +62,10 @@ def test_measuring_along_a_defense_does_not_change_what_it_does(model_and_clean)
     assert [p["step"] for p in points] == [2, 4, 6] and all(p["lambda_max"] > 0 for p in points)
     for name, value in plain.state_dict().items():
         assert torch.equal(value, measured.state_dict()[name]), name
+
+
+def test_the_trajectory_measures_on_a_class_balanced_subset():
+    from purilib.trajectory import test_subset
+    sorted_by_class = ImageSet(torch.zeros(100, 3, 4, 4, dtype=torch.uint8), torch.arange(10).repeat_interleave(10), 10)
+    subset = test_subset(sorted_by_class, 20)
+    assert torch.bincount(subset.labels, minlength=10).tolist() == [2] * 10
