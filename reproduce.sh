@@ -3,7 +3,7 @@
 #
 #   ./reproduce.sh TABLE [--profile smoke|cpu|gpu|paper] [--seeds N] [--device auto|cpu|cuda] [--data-root DIR]
 #                        [--attacks A,B,...] [--defenses X,Y,...] [--clean-per-class K] [--model NAME]
-#                        [--from-records] [--workers N] [--executor local|ray] [--ray-address ADDR]
+#                        [--from-records] [--workers N|auto] [--executor local|ray] [--ray-address ADDR]
 #   ./reproduce.sh --list
 #
 # TABLE is a table id (nft-table1) or a table number (table1: Table 1 of every
@@ -16,16 +16,17 @@
 # gives every defense K clean images per class (1: one-shot; default: the profile's).  --from-records
 # trains nothing: it tabulates the records already in the results folder (e.g. made on a GPU machine).
 # --model: every model of the grid is this network (default: the one the paper names; resnet18: the
-# NFT / FIP authors' own).  --workers N: N jobs at once (local processes, one GPU each where there are GPUs);
+# NFT / FIP authors' own).  --workers N: N jobs at once (local processes, one GPU each where there are GPUs;
+# default auto: one per core on the CPU for the smoke profile, else 1);
 # --executor ray: the jobs on a Ray cluster ($RAY_ADDRESS or --ray-address; a local one if neither).
 set -euo pipefail
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }  # against the caller's directory
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 fail() { echo "error: $1" >&2; exit 2; }
 
 table="" profile="smoke" seeds=1 device="auto" data_root="${PURILIB_DATA_ROOT:-}" list=0 attacks="" defenses=""
-clean_per_class="" from_records=False model="" workers=1 executor=local ray_address=""
+clean_per_class="" from_records=False model="" workers=auto executor=local ray_address=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --list) list=1 ;;
@@ -47,7 +48,7 @@ while [ $# -gt 0 ]; do
 done
 case "$seeds" in ''|*[!0-9]*|0) fail "--seeds needs a positive integer, not '$seeds'" ;; esac
 case "$clean_per_class" in *[!0-9]*|0) fail "--clean-per-class needs a positive integer, not '$clean_per_class'" ;; esac
-case "$workers" in ''|*[!0-9]*|0) fail "--workers needs a positive integer, not '$workers'" ;; esac
+case "$workers" in auto) ;; ''|*[!0-9]*|0) fail "--workers needs a positive integer or 'auto', not '$workers'" ;; esac
 # the notebook runs in notebooks/: hand it absolute paths
 [ -n "$data_root" ] && data_root=$(absolute "$data_root")
 for var in PURILIB_CACHE_DIR PURILIB_RESULTS_DIR; do
@@ -98,7 +99,7 @@ while IFS=$'\t' read -r table_id notebook attack_list defense_list; do
   [ -z "$clean_per_class" ] || params+=(-p clean_per_class "$clean_per_class")
   [ "$from_records" = False ] || params+=(-p from_records True)
   [ -z "$model" ] || params+=(-r model "$model")
-  [ "$workers" = 1 ] || params+=(-p workers "$workers")
+  [ "$workers" = auto ] || params+=(-p workers "$workers")
   [ "$executor" = local ] || params+=(-r executor "$executor")
   [ -z "$ray_address" ] || params+=(-r ray_address "$ray_address")
   # the executed notebook is the record of the run: written beside the last good one, moved over it

@@ -1,17 +1,21 @@
 """Data sets as uint8 tensors, decoded once and cached.
 
 Every image set in purilib is an :class:`ImageSet`: ``images`` uint8
-``[N, 3, 32, 32]`` and ``labels`` int64 ``[N]``.  Triggers are applied to these
-uint8 images before any augmentation, as in the attacks' papers.
+``[N, 3, H, W]`` (32x32 for CIFAR-10) and ``labels`` int64 ``[N]``.  Triggers
+are applied to these uint8 images before any augmentation, as in the attacks' papers.
 
 Registry: ``create_dataset(name, split, ...)`` with ``name`` in
-``DATASETS`` ("cifar10", "synthetic").  CIFAR-10 is read from the data root
+``DATASETS`` ("cifar10", "synthetic", "image_folder").  CIFAR-10 is read from the data root
 (see :mod:`purilib.settings`) in any of three forms, in this order:
 
 1. torchvision's pickled ``cifar-10-batches-py`` folder;
 2. an image-folder tree ``cifar10/{train,test}/<class>/*.jpg|png``, or a
    ``.tar.gz`` holding that tree (decoded once, then cached as ``.npz``);
 3. ``download=True``: torchvision downloads the original (needs a network).
+
+"image_folder" reads any data set in torchvision's ImageFolder layout
+(``root/<split>/<class>/*.jpg``, e.g. ImageNet) at ``size`` x ``size``: see
+:func:`load_image_folder`.
 """
 import hashlib
 import os
@@ -81,9 +85,31 @@ def _from_batches(folder: Path):
     return {"train": train, "test": test}
 
 
-def _decode(blob: bytes) -> np.ndarray:
+def _decode(blob: bytes, size=None) -> np.ndarray:
+    """An encoded image (JPEG, PNG, ...) as uint8 [3, H, W]; ``size``: resized and center-cropped to
+    size x size first (:func:`_resize_center_crop`)."""
     from PIL import Image
-    return np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+    image = Image.open(io.BytesIO(blob)).convert("RGB")
+    if size is not None:
+        image = _resize_center_crop(image, size)
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _resize_center_crop(image, size):
+    """The standard ImageNet eval transform, scaled to ``size``: the shorter side resized (bilinear,
+    antialiased) to round(size * 256 / 224), the longer in proportion, then the central size x size
+    crop.  Computed as torchvision's ``Resize(256)`` + ``CenterCrop(224)`` on a PIL image, so the
+    pixels are the ones a torchvision eval loader gives (before its float conversion)."""
+    from PIL import Image
+    short = round(size * 256 / 224)
+    w, h = image.size
+    if w <= h:
+        new_w, new_h = short, int(short * h / w)
+    else:
+        new_w, new_h = int(short * w / h), short
+    image = image.resize((new_w, new_h), Image.BILINEAR)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
 
 
 def _from_image_files(entries):
@@ -188,7 +214,57 @@ def load_synthetic(split: str, num_train=5000, num_test=1000, contrast=0.5, nois
     return ImageSet(images, labels.long())
 
 
-DATASETS = {"cifar10": load_cifar10, "synthetic": load_synthetic}
+# ---------------------------------------------------------------- image folders (ImageNet)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+
+
+def image_folder_classes(folder) -> list:
+    """The class names of an ImageFolder split ``folder/<class>/...``: its sub-folders, sorted by
+    name (torchvision's ImageFolder order; label i is the i-th name)."""
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+
+
+def load_image_folder(split: str, root=None, size=224, per_class=None, data_root=None) -> ImageSet:
+    """``root/<split>/<class>/*.jpg`` (torchvision's ImageFolder layout, any image size) as uint8
+    [N, 3, size, size]: each image's shorter side resized to size * 256 / 224, then its central
+    size x size crop (the standard ImageNet eval transform; 256 -> 224 at the default size).
+
+    Labels follow the class folders sorted by name (:func:`image_folder_classes`), images within a
+    class their sorted paths (sub-folders included).  ``per_class``: only the first k images of
+    each class (fewer where a class has fewer): a 1% subset is read without decoding the rest.
+    ``split`` "test" reads ``root/val`` when there is no ``root/test`` (ImageNet's layout).
+    ``root`` defaults to the data root.  Nothing is cached: every call decodes the files again."""
+    root = Path(root) if root is not None else settings.data_root(data_root)
+    folder = root / split
+    if split == "test" and not folder.is_dir() and (root / "val").is_dir():
+        folder = root / "val"
+    if not folder.is_dir():
+        raise DataNotFoundError(f"no image folder '{folder}': expected {folder}/<class>/<image>.jpg "
+                                "(torchvision's ImageFolder layout)")
+    classes = image_folder_classes(folder)
+    files, empty = [], []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        files += [(path, label) for path in (found if per_class is None else found[:per_class])]
+        empty += [] if found else [name]
+    if not files:
+        raise DataNotFoundError(f"image folder '{folder}' holds no images in class folders "
+                                f"({folder}/<class>/<image>.jpg|png|...)")
+    if empty:  # as ImageFolder: a stray folder would count as a class, shifting the labels after it
+        raise DataNotFoundError(f"image folder '{folder}' has class folders without images: {', '.join(empty)}")
+    images = torch.empty(len(files), 3, size, size, dtype=torch.uint8, device="cpu")  # filled in place: no copy
+    array = images.numpy()  # the same memory
+    for i, (path, _) in enumerate(files):
+        try:
+            array[i] = _decode(path.read_bytes(), size)
+        except OSError as error:  # PIL's UnidentifiedImageError included
+            raise DataNotFoundError(f"'{path}' could not be read as an image "
+                                    f"({type(error).__name__}: {error})") from None
+    labels = torch.tensor([label for _, label in files], dtype=torch.long, device="cpu")
+    return ImageSet(images, labels, num_classes=len(classes))
+
+
+DATASETS = {"cifar10": load_cifar10, "synthetic": load_synthetic, "image_folder": load_image_folder}
 
 
 def create_dataset(name: str, split: str, **kwargs) -> ImageSet:

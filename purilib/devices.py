@@ -14,6 +14,7 @@ factory call from purilib that names no device makes its tensor on the
 ``meta`` device, so using it with a real tensor raises, as a CPU tensor meeting
 a CUDA one would.  The device tests run every attack and defense inside it.
 """
+import os
 import platform
 import sys
 from contextlib import contextmanager
@@ -53,6 +54,26 @@ def device_name(device) -> str:
     except OSError:
         pass
     return f"{model} ({torch.get_num_threads()} threads)"
+
+
+@contextmanager
+def cpu_threads(threads):
+    """Compute with ``threads`` CPU threads inside the block (None: leave the count as it is)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (a container's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def generator(seed: int, device="cpu") -> torch.Generator:

@@ -21,7 +21,7 @@ from .defenses import NO_DEFENSE
 from .cells import as_json, column_defense, prepare_row, record_path, resolve_profile, run_cell  # noqa: F401 (re-exported)
 from .models import create_model
 from .profiles import get_profile, reserved_per_class, training_settings
-from .devices import resolve_device
+from .devices import cpu_cores, cpu_threads, resolve_device
 from .provenance import code_version
 from .tables import get_table, published
 from .training import TRAINING_FORMAT
@@ -44,7 +44,7 @@ def _check_names(requested, allowed, kind, table):
 
 def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, device="auto",
               data_root=None, cache_dir=None, output_dir=None, progress=True, clean_per_class=None,
-              from_records=False, model=None, workers=1, executor="local", ray_address=None) -> pd.DataFrame:
+              from_records=False, model=None, workers="auto", executor="local", ray_address=None) -> pd.DataFrame:
     """Run the grid; ``clean_per_class`` (default: the profile's, 50 = the papers' 1%) sets how many
     clean images of each class every defense gets: 1 is the one-shot setting.  ``from_records``:
     train and run nothing, tabulate the records already in ``output_dir`` (made on another machine,
@@ -52,7 +52,8 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     ``model``: the network every model of the grid is (default: the profile's, the one the paper names);
     e.g. "resnet18", the NFT / FIP authors' own.  ``workers`` / ``executor``: see :mod:`purilib.executor`
     (several local processes, one GPU each where there are GPUs; or a Ray cluster); the records are the
-    same whatever runs them."""
+    same whatever runs them.  ``workers="auto"``: on the CPU, with a profile that fixes the threads per
+    process (smoke: 1), one worker per that many cores; else 1."""
     table, prof = get_table(table_id), get_profile(profile)
     clean_per_class = prof.clean_per_class if clean_per_class is None else clean_per_class
     if not (isinstance(clean_per_class, int) and clean_per_class >= 1):
@@ -73,24 +74,38 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     if from_records:
         return _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out)
     (out / "records").mkdir(parents=True, exist_ok=True)
-    if workers != 1 or executor != "local":
-        from .executor import run_parallel
-        records = run_parallel(table, profile, model, attacks, defenses, seeds, clean_per_class, device,
-                               data_root, cache_dir, out, workers=workers, executor=executor,
-                               ray_address=ray_address, progress=progress)
-    else:
-        device = resolve_device(device)
-        records = []
-        for seed in range(seeds):
-            for attack_name in attacks:
-                row = prepare_row(prof, attack_name, seed, clean_per_class, device, data_root, cache_dir)
-                for defense_name in defenses:
-                    records.append(run_cell(table, prof, attack_name, defense_name, seed, row, device, out,
-                                             progress))
+    device = resolve_device(device)
+    workers = resolve_workers(workers, prof, device, rows=len(attacks) * seeds)
+    with cpu_threads(prof.threads if device == "cpu" else None):  # every worker computes with this count
+        if workers != 1 or executor != "local":
+            from .executor import run_parallel
+            records = run_parallel(table, profile, model, attacks, defenses, seeds, clean_per_class, device,
+                                   data_root, cache_dir, out, workers=workers, executor=executor,
+                                   ray_address=ray_address, progress=progress)
+        else:
+            records = []
+            for seed in range(seeds):
+                for attack_name in attacks:
+                    row = prepare_row(prof, attack_name, seed, clean_per_class, device, data_root, cache_dir)
+                    for defense_name in defenses:
+                        records.append(run_cell(table, prof, attack_name, defense_name, seed, row, device, out,
+                                                 progress))
     reused = sum(bool(r.pop("reused", False)) for r in records)
     print(f"{table.id} ({prof.name}): {len(records) - reused} cells computed, {reused} reused from "
           f"{out / 'records'} (same weights, code and settings)")
     return merge_records(load_records(out), pd.DataFrame(records))
+
+
+def resolve_workers(workers, prof, device, rows) -> int:
+    """``workers`` as a count: "auto" is one worker per ``prof.threads`` cores on the CPU (at most one per
+    model of the grid) when the profile fixes the threads, else 1."""
+    if workers != "auto":
+        if not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1):
+            raise ValueError(f"workers must be a positive integer or 'auto', not {workers!r}")
+        return workers
+    if device == "cpu" and prof.threads:
+        return max(1, min(cpu_cores() // prof.threads, rows))
+    return 1
 
 
 def _with_clean_per_class(records: pd.DataFrame) -> pd.DataFrame:
@@ -307,7 +322,7 @@ def plot(summary: pd.DataFrame, title: str):
     return fig
 
 
-def compact_png(figure, dpi=90, colors=64) -> bytes:
+def compact_png(figure, dpi=80, colors=32) -> bytes:
     """The figure as a palette PNG (``colors`` colours): what a notebook embeds, a quarter of a plain
     PNG's bytes, so that the executed notebook, the record of the run, stays small.  The full-quality
     figure is the file ``write_outputs`` saves."""

@@ -31,27 +31,38 @@ class Profile:
     sharpness: dict = field(default_factory=lambda: dict(iterations=20, samples=50))
     # the trajectory measurement (FIP Figure 3): points along the defense, test images, power iterations
     trajectory: dict = field(default_factory=lambda: dict(points=10, test_images=1000, iterations=10))
+    # CPU threads per process on the CPU (None: torch's default); with it, workers="auto" runs one process
+    # per that many cores, and the records do not depend on the number of workers
+    threads: int = None
     description: str = ""
 
 
 PROFILES = {
     "smoke": Profile(
         name="smoke",
-        training=dict(dataset="synthetic", dataset_kwargs=dict(num_train=2500, num_test=500),
-                      model="preact_resnet18", width=0.125, epochs=10, batch_size=32, lr=0.05,
+        # sized so that the default run (NFT Table 1's 15 x 8 grid, 15 models trained from scratch) takes
+        # about 3 minutes on two CPU cores: ~6 s per model, ~0.5 s per defense
+        training=dict(dataset="synthetic", dataset_kwargs=dict(num_train=2000, num_test=500),
+                      model="preact_resnet18", width=0.125, epochs=5, batch_size=32, lr=0.05,
                       schedule="cosine", warmup_epochs=1, weight_decay=5e-4),
         clean_per_class=10,
-        # 20 steps of 32 images: enough to exercise every defense; I-BAU's steps cost ~K + 3 passes each
-        defense_overrides={"*": dict(steps=20, batch_size=32), "I-BAU": dict(steps=10, rounds=2)},
+        # 10 steps of 32 images: enough to exercise every defense; I-BAU's steps cost ~K + 3 passes each
+        defense_overrides={"*": dict(steps=10, batch_size=32), "I-BAU": dict(steps=5, rounds=2)},
         sharpness=dict(iterations=3, samples=3), trajectory=dict(points=4, test_images=200, iterations=3),
-        # A 1/8-width network sees ~24k smooth synthetic images here: too few to pick up a 3x3 patch
-        # (measured: BadNets ASR 3% at sizes 3 and 6, 100% at 8), a half-pixel warp (WaNet, 1-4%) or a
-        # 32-level colour squeeze (BPPA, 3%).  The smoke profile makes such triggers strong enough to be
+        # a 1/8-width network at batch 32 gains little from a second thread (measured 31 -> 22 ms a step);
+        # two one-thread processes do 1.5x the work of one two-thread process on two cores
+        threads=1,
+        # A 1/8-width network sees ~10k smooth synthetic images here: too few to pick up a 3x3 patch
+        # (measured: BadNets ASR 3% at sizes 3 and 6, 100% at 8), a half-pixel warp (WaNet, 1-4%), a
+        # 32-level colour squeeze (BPPA, 3%), a 0.2 blend (21%), a 3x3 TrojanNN patch at 10% (8%) or a
+        # sinusoid of amplitude 20 (35%).  The smoke profile makes such triggers strong enough to be
         # learned in seconds and shrinks the attacks' own networks: it checks plumbing, not the papers.
         attack_overrides={"BadNets": dict(size=8),
+                          "Blend": dict(alpha=0.3),
+                          "SIG": dict(delta=40.0),
                           "WaNet": dict(s=8.0, poison_rate=0.3, cross_ratio=0.0),
-                          "BPPA": dict(squeeze_num=8, poison_rate=0.3, neg_ratio=0.0),
-                          "TrojanNN": dict(trigger_steps=100, size=8, border=0),
+                          "BPPA": dict(squeeze_num=6, poison_rate=0.3, neg_ratio=0.0),
+                          "TrojanNN": dict(trigger_steps=50, size=8, border=0, poison_rate=0.2),
                           "CLB": dict(pgd_steps=5, pgd_step=2.0, cell=3),
                           "ISSBA": dict(encoder_steps=30, width=8, batch_size=32),
                           "InputAwareDynamic": dict(generator_width=4, mask_epochs=1, mask_batch_size=16,
@@ -59,7 +70,7 @@ PROFILES = {
                           "LIRA": dict(generator_width=4, lr_generator=1e-3, generator_batch_fraction=0.25, eps=0.03),
                           "FBA": dict(generator_width=8, res_blocks=1, style_steps=100, style_batch_size=32,
                                       detox_images=64, detox_epochs=2)},
-        description="synthetic data, tiny network: checks that everything runs (seconds)"),
+        description="synthetic data, tiny network: checks that everything runs (about 3 minutes for NFT Table 1)"),
     "cpu": Profile(
         name="cpu",
         training=dict(dataset="cifar10", model="preact_resnet18", width=0.25, epochs=12, batch_size=128,

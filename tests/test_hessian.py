@@ -1,10 +1,11 @@
-"""lambda_max and the trace against the eigenvalues of the explicit Hessian of a small model."""
+"""lambda_max, the trace and the eigenvalue density against the eigenvalues of the explicit Hessian of a small model."""
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from purilib.data import ImageSet
-from purilib.hessian import hessian_trace, hessian_vector_product, lambda_max
+from purilib.hessian import hessian_trace, hessian_vector_product, lambda_max, lanczos, spectral_density
 
 
 def small_problem(seed=0):
@@ -48,6 +49,49 @@ def test_lambda_max_and_trace_match_the_eigenvalues():
     assert error > 0 and abs(trace - exact) < 4 * error  # Hutchinson is unbiased: within 4 standard errors
     wrong = hessian_trace(model, data, samples=400, seed=1)[0] * 2
     assert abs(wrong - exact) > 4 * error  # the check can fail
+
+
+def test_the_density_has_unit_mass_and_each_run_unit_weight():
+    model, data = small_problem()
+    result = spectral_density(model, data, runs=3, steps=30)
+    assert len(result.nodes) == len(result.weights) == 3
+    assert all(abs(w.sum().item() - 1) < 1e-10 and (w >= 0).all() for w in result.weights)
+    assert abs(result.mass - 1) < 1e-6  # the default grid holds every Gaussian, not only after normalising
+    assert abs(torch.trapezoid(result.density, result.grid).item() - 1) < 1e-10
+    cut = spectral_density(model, data, runs=3, steps=30, grid=torch.linspace(0, 2, 1000, dtype=torch.float64))
+    assert cut.mass < 0.9  # a grid missing the negative eigenvalues shows in the mass
+
+
+def test_lanczos_over_every_dimension_finds_the_eigenvalues():
+    model, data = small_problem()
+    eigenvalues = torch.linalg.eigvalsh(explicit_hessian(model, data))
+    nodes, weights = lanczos(model, data, steps=len(eigenvalues))
+    tolerance = 1e-6 * eigenvalues.abs().max()
+    # H has repeated eigenvalues (0, from softmax's shift invariance and inputs spanning < 49 dimensions):
+    # the Krylov space holds each distinct one once, and Lanczos stops there (breakdown).  Repeats
+    # differ by ~1e-16, the closest distinct eigenvalues by ~4e-6
+    distinct = eigenvalues[torch.cat([torch.tensor([True]), eigenvalues.diff() > 1e-10])]
+    assert len(nodes) == len(distinct)
+    assert (nodes - distinct).abs().max() < tolerance
+    assert abs(weights.sum().item() - 1) < 1e-10
+
+
+def test_the_largest_node_approaches_lambda_max_from_below():
+    model, data = small_problem()
+    largest = torch.linalg.eigvalsh(explicit_hessian(model, data))[-1].item()
+    errors = [largest - lanczos(model, data, steps=steps)[0].max().item() for steps in (3, 10, 30)]
+    assert all(e > -1e-10 for e in errors)  # Ritz values never exceed the largest eigenvalue
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-6 * largest
+    assert spectral_density(model, data, runs=2, steps=30).lambda_max == pytest.approx(largest, rel=1e-6)
+
+
+def test_the_density_s_trace_is_hutchinson_s():
+    model, data = small_problem()
+    exact = torch.linalg.eigvalsh(explicit_hessian(model, data)).sum().item()
+    result = spectral_density(model, data, runs=150, steps=2, grid=100)  # sum(w * node) = v^T H v at any steps
+    assert result.n_params == sum(p.numel() for p in model.parameters())
+    assert result.trace_se > 0 and abs(result.trace - exact) < 4 * result.trace_se  # within 4 standard errors
+    assert abs(1.5 * exact - result.trace) > 4 * result.trace_se  # the check can fail
 
 
 def test_measuring_along_a_defense_does_not_change_what_it_does(model_and_clean):

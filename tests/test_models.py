@@ -21,5 +21,6 @@ def test_preact_resnet18_is_the_fields():
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_models_declare_what_purify_checks(name):
     model = create_model(name, num_classes=7, width=0.125)
-    assert model.num_classes == 7 and model.input_size == (32, 32)
-    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+    assert model.num_classes == 7 and len(model.input_size) == 2
+    assert model.input_size == ((224, 224) if name == "resnet50" else (32, 32))
+    assert model(torch.rand(2, 3, *model.input_size)).shape == (2, 7)

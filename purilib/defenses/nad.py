@@ -20,7 +20,12 @@ teacher and student as 10 : 20 and the lr drops after 2 of each stage's epochs (
 10% of the student's).  Smaller clean sets are sampled with replacement for the same number of steps.
 BackdoorBench (config/defense/nad/cifar10.yaml) trains 10 + 10 epochs at lr 0.01, weight decay 5e-4.
 Difference from the released code: stages are found generically (forward hooks on the innermost
-nn.Sequential containers of blocks) instead of a model that returns its activations.
+nn.Sequential containers of blocks) instead of a model that returns its activations.  A network without
+residual stages (VGG-16-BN: one nn.Sequential of conv, BN, ReLU and pooling layers) is divided by its
+max-pools: each conv group ends at one, and the group's output is the pool's input, read there (at the
+group's own resolution, 8x8, 4x4 and 2x2 for the last three of VGG-16 on 32x32 images; after the last
+pool the map is 1x1 and its attention map a constant).  BackdoorBench distils VGG-19-BN on one map only,
+the last one; here the last three groups stand for the three stages, as for every network.
 """
 import copy
 
@@ -57,15 +62,31 @@ def residual_stages(model):
     return [m for m in candidates if not any(o is not m and o in candidates for o in m.modules())]
 
 
+def attention_points(model):
+    """Where the attention maps are read, in forward order: (modules, read their inputs?).  The residual
+    stages' outputs; for a network without any (VGG), the inputs of its max-pools: its conv groups' outputs."""
+    stages = residual_stages(model)
+    if stages:
+        return stages, False
+    return [m for m in model.modules() if isinstance(m, nn.MaxPool2d)], True
+
+
 class _Recorder:
-    """Keeps the outputs of the given modules from the latest forward pass."""
-    def __init__(self, modules):
+    """Keeps the outputs (or, with ``inputs=True``, the first inputs) of the given modules from the
+    latest forward pass."""
+    def __init__(self, modules, inputs=False):
         self.outputs = [None] * len(modules)
-        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(modules)]
+        self.handles = [m.register_forward_pre_hook(self._pre_hook(i)) if inputs else
+                        m.register_forward_hook(self._hook(i)) for i, m in enumerate(modules)]
 
     def _hook(self, i):
         def hook(module, inputs, output):
             self.outputs[i] = output
+        return hook
+
+    def _pre_hook(self, i):
+        def hook(module, inputs):
+            self.outputs[i] = inputs[0]
         return hook
 
     def remove(self):
@@ -88,9 +109,11 @@ class NAD(Defense):
 
     def run(self, model, clean):
         c = self.config
-        layers = residual_stages(model)[-len(c["betas"]):]
+        layers, read_inputs = attention_points(model)
+        layers = layers[-len(c["betas"]):]
         if len(layers) < len(c["betas"]):
-            raise ValueError(f"NAD needs {len(c['betas'])} residual stages, found {len(layers)}")
+            raise ValueError(f"NAD needs {len(c['betas'])} residual stages (or max-pooled conv groups), "
+                             f"found {len(layers)}")
         teacher_steps = round(c["steps"] * c["teacher_epochs"] / (c["teacher_epochs"] + c["student_epochs"]))
         student_steps = c["steps"] - teacher_steps
         self.stats.update(teacher_steps=teacher_steps, student_steps=student_steps)
@@ -112,8 +135,8 @@ class NAD(Defense):
         params = [p for p in model.parameters() if p.requires_grad]
         self.stats["trainable_params"] = count_trainable(params)
         optimizer = self._optimizer(params)
-        student_hooks = _Recorder(layers)
-        teacher_hooks = _Recorder(residual_stages(teacher)[-len(c["betas"]):])
+        student_hooks = _Recorder(layers, read_inputs)
+        teacher_hooks = _Recorder(attention_points(teacher)[0][-len(c["betas"]):], read_inputs)
         for step in range(student_steps):
             optimizer.param_groups[0]["lr"] = self._lr(step, student_steps, c["student_epochs"])
             x, y = next(batches)

@@ -26,7 +26,11 @@ reaches 0.02; here the learning rate follows the cosine per step from 0.05 to
 counters); here there is none inside the loop.  No pruning follows.
 The released code masks a post-activation ResNet-18 (``resnet18`` here: 19
 block BNs, stem BN left out).  On the field's PreAct-ResNet-18 every BN is
-inside a block (16).
+inside a block (16); on ResNet-50, 52 (3 per bottleneck, 4 in shortcuts).
+A network without blocks (VGG-16-BN: one chain of conv + BN + ReLU) has no
+stem to tell apart from them: all its BN layers are masked (13).  The method
+masks BN channels; leaving the stem out is a detail of the released ResNet
+code with no counterpart in a plain chain.
 """
 import math
 
@@ -52,9 +56,10 @@ def _has_batchnorm(module):
 
 def block_batchnorms(model):
     """BatchNorm layers inside the blocks: every BN but those attached directly to the
-    network's root (its stem / final BN).  The root is found below wrappers such as
-    DataParallel's ``module`` or ``nn.Sequential(normalize, net)``: while a single
-    child holds all the BN layers, descend into it."""
+    network's root (its stem / final BN); every BN when none is inside a block (VGG).
+    The root is found below wrappers such as DataParallel's ``module`` or
+    ``nn.Sequential(normalize, net)``: while a single child holds all the BN layers,
+    descend into it."""
     root = model
     while True:
         holders = [c for c in root.children() if _has_batchnorm(c)]
@@ -62,7 +67,10 @@ def block_batchnorms(model):
             break
         root = holders[0]
     direct = {id(c) for c in root.children()}
-    return [m for m in root.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in direct]
+    inside = [m for m in root.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in direct]
+    if not inside:  # no blocks (a plain chain such as VGG): no stem BN to leave out, every BN is masked
+        return [m for m in root.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return inside
 
 
 def layer_floors(count, alpha, beta):
@@ -80,7 +88,7 @@ class NFT(Defense):
             raise ValueError(f"NFT: mask_layers must be 'blocks' or 'all', not {c['mask_layers']!r}")
         layers = block_batchnorms(model) if c["mask_layers"] == "blocks" else list(batchnorms(model).values())
         if not layers:
-            raise ValueError("NFT needs a network with BatchNorm layers inside its blocks")
+            raise ValueError("NFT needs a network with BatchNorm layers")
         with frozen(model):
             masks = attach_masks(layers)
             self.stats["trainable_params"] = sum(m.numel() for m in masks)

@@ -1,8 +1,10 @@
 """Model registry: ``create_model(name, num_classes=10, width=1.0)``."""
 from .preact_resnet import PreActResNet18
 from .resnet import ResNet18
+from .resnet50 import ResNet50
+from .vgg import VGG16BN
 
-MODELS = {"preact_resnet18": PreActResNet18, "resnet18": ResNet18}
+MODELS = {"preact_resnet18": PreActResNet18, "resnet18": ResNet18, "vgg16_bn": VGG16BN, "resnet50": ResNet50}
 
 
 def create_model(name: str, num_classes: int = 10, width: float = 1.0):
