@@ -3,8 +3,8 @@
 A row is one (attack, seed): its model (trained, or loaded from the cache), its clean subset and test
 set, and its metrics before defense (``prepare_row``).  ``run_cell`` runs one column's defense on it
 (``column_defense``: a defense, or a study's variant of one), measures what the table asks for
-(sharpness, a trajectory), and writes the cell's record, atomically; a finished record is reused only
-when it was made from the same weights, code, clean data and settings.  The sequential runner
+(sharpness, a trajectory, a spectrum, a training history), and writes the cell's record, atomically;
+a finished record is reused only when it was made from the same weights, code, clean data and settings.  The sequential runner
 (``experiment.run_table``) and the parallel one (``executor``) both go through here, so their records
 are the same.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import trajectory
+from . import features, spectra, trajectory
 from .data import clean_subset
 from .defenses import NO_DEFENSE, create_defense
 from .devices import device_name
@@ -48,10 +48,18 @@ class Row:
     before: dict
 
 
-def prepare_row(prof, attack_name, seed, clean_per_class, device, data_root=None, cache_dir=None) -> Row:
-    """Train (or load from cache) the row's model; its clean subset, test set and metrics before defense."""
+def snapshot_every(table, prof):
+    """How often the table's models keep a snapshot while training (FIP Figure 1's history), or None."""
+    return prof.history["every"] if "history" in table.measures else None
+
+
+def prepare_row(prof, attack_name, seed, clean_per_class, device, data_root=None, cache_dir=None,
+                snapshots=None) -> Row:
+    """Train (or load from cache) the row's model (keeping a snapshot every ``snapshots`` epochs); its
+    clean subset, test set and metrics before defense."""
     model, manifest = train_backdoored_model(attack=attack_name, seed=seed, device=device, data_root=data_root,
-                                             cache_dir=cache_dir, **training_settings(prof, attack_name))
+                                             cache_dir=cache_dir, snapshot_every=snapshots,
+                                             **training_settings(prof, attack_name))
     train, _, test, attack, _, reserved = load_training_data(manifest["config"], data_root, cache_dir, device)
     restore_attack(attack, manifest, cache_dir)
     clean = clean_subset(train, reserved, clean_per_class, seed=seed)
@@ -61,6 +69,8 @@ def prepare_row(prof, attack_name, seed, clean_per_class, device, data_root=None
 
 def record_path(out, prof, attack_name, defense_name, seed, per_class) -> Path:
     shots = "" if per_class == prof.clean_per_class else f"__{per_class}per_class"
+    network = prof.training["model"]  # another network than the profile's: records of its own
+    shots += "" if network == get_profile(prof.name).training["model"] else f"__{network}"
     column = re.sub(r"[^A-Za-z0-9._-]", "_", defense_name)  # file names portable everywhere
     return out / "records" / f"{attack_name}__{column}__seed{seed}{shots}.json"
 
@@ -79,7 +89,7 @@ def as_json(value):
     return json.loads(json.dumps(value, default=float))
 
 
-def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, progress):
+def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, progress, cache_dir=None):
     model, manifest, attack, clean, test, before = (row.model, row.manifest, row.attack, row.clean, row.test,
                                                     row.before)
     per_class = len(clean) // clean.num_classes
@@ -94,7 +104,9 @@ def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, pro
                 "defense_config": as_json(defense.config if defense else {})}
     if table.measures:
         identity["measures"] = as_json({"names": list(table.measures), "sharpness": prof.sharpness,
-                                         "trajectory": prof.trajectory})
+                                         "trajectory": prof.trajectory,
+                                         **{m: getattr(prof, m) for m in ("spectrum", "history", "features")
+                                            if m in table.measures}})
     if path.exists():
         record = json.loads(path.read_text())
         if all(record.get(k) == v for k, v in identity.items()):
@@ -115,6 +127,13 @@ def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, pro
     measured = {}
     if "sharpness" in table.measures:  # on the defenses' clean set: the data every defense was given
         measured = sharpness(purified, clean, seed=seed, data_name="the defenses' clean set", **prof.sharpness)
+    if "spectrum" in table.measures:  # FIP Figure 1 (a, b)
+        measured.update(spectra.spectrum(purified, clean, seed=seed, **prof.spectrum))
+    if "features" in table.measures:  # FIP Figure 5, NFT Figure 1: t-SNE of the features
+        measured.update(features.measure(purified, test, attack, seed=seed, **prof.features))
+    if "history" in table.measures:  # FIP Figure 1 (c): the snapshots of the model's training
+        measured["history"] = spectra.history(model, manifest, clean, test, attack, device=device, bf16=prof.bf16,
+                                              cache_dir=cache_dir, **prof.history)
     der = np.nan
     if attack is not None:
         der = defense_effectiveness_rating(before["asr"], after["asr"], before["acc"], after["acc"])
@@ -123,6 +142,7 @@ def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, pro
         "acc": after["acc"], "asr": after.get("asr", np.nan), "ra": after.get("ra", np.nan), "der": der,
         "acc_before": before["acc"], "asr_before": before.get("asr", np.nan), "seconds": round(seconds, 2),
         "trainable_params": trainable, "overrides": overrides, "method": defense.name if defense else NO_DEFENSE,
+        "network": prof.training["model"],
         "defense_stats": as_json(stats), **as_json(measured), **identity,
         **({"trajectory": as_json(points)} if points else {}),
         "clean_images": len(clean), "clean_per_class": per_class, "training_config": manifest["config"],

@@ -33,7 +33,8 @@ def _train_job(job):
     from .training import train_backdoored_model
     prof = resolve_profile(job["profile"], job["model"])
     train_backdoored_model(attack=job["attack"], seed=job["seed"], device=job["device"], data_root=job["data_root"],
-                           cache_dir=job["cache_dir"], **training_settings(prof, job["attack"]))
+                           cache_dir=job["cache_dir"], snapshot_every=job["snapshots"],
+                           **training_settings(prof, job["attack"]))
     return job["attack"], job["seed"]
 
 
@@ -50,9 +51,9 @@ def _cell_job(job):
     if key not in _ROW:
         _ROW.clear()
         _ROW[key] = prepare_row(prof, job["attack"], job["seed"], job["clean_per_class"], job["device"],
-                                job["data_root"], job["cache_dir"])
+                                job["data_root"], job["cache_dir"], snapshots=job["snapshots"])
     return run_cell(get_table(job["table"]), prof, job["attack"], job["defense"], job["seed"], _ROW[key],
-                     job["device"], Path(job["out"]), False)
+                     job["device"], Path(job["out"]), False, cache_dir=job["cache_dir"])
 
 
 def _pin_worker(gpu_queue, threads):
@@ -65,8 +66,10 @@ def _pin_worker(gpu_queue, threads):
 
 
 def _jobs(table, profile, model, attacks, defenses, seeds, clean_per_class, device, data_root, cache_dir, out):
+    from .cells import resolve_profile, snapshot_every
     common = dict(profile=profile, model=model, device=device, data_root=data_root,
-                  cache_dir=str(settings.cache_dir(cache_dir)), clean_per_class=clean_per_class)
+                  cache_dir=str(settings.cache_dir(cache_dir)), clean_per_class=clean_per_class,
+                  snapshots=snapshot_every(table, resolve_profile(profile, model)))
     # the benign model first: TrojanNN and CLB need it
     rows = sorted([(a, s) for s in range(seeds) for a in attacks], key=lambda r: r[0] != "Benign")
     models = {(a, s): {**common, "attack": a, "seed": s} for a, s in rows}

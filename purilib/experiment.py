@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import settings
 from .defenses import NO_DEFENSE
-from .cells import as_json, column_defense, prepare_row, record_path, resolve_profile, run_cell  # noqa: F401 (re-exported)
+from .cells import as_json, column_defense, prepare_row, record_path, resolve_profile, run_cell, snapshot_every  # noqa: F401,E501 (re-exported)
 from .models import create_model
 from .profiles import get_profile, reserved_per_class, training_settings
 from .devices import cpu_cores, cpu_threads, resolve_device
@@ -45,55 +45,87 @@ def _check_names(requested, allowed, kind, table):
 def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, device="auto",
               data_root=None, cache_dir=None, output_dir=None, progress=True, clean_per_class=None,
               from_records=False, model=None, workers="auto", executor="local", ray_address=None) -> pd.DataFrame:
-    """Run the grid; ``clean_per_class`` (default: the profile's, 50 = the papers' 1%) sets how many
-    clean images of each class every defense gets: 1 is the one-shot setting.  ``from_records``:
+    """Run the grid; ``clean_per_class`` (default: the table's, else the profile's, 50 = the papers' 1%)
+    sets how many clean images of each class every defense gets: 1 is the one-shot setting.  ``from_records``:
     train and run nothing, tabulate the records already in ``output_dir`` (made on another machine,
     a GPU one say); each must match the requested cell's training recipe and defense settings.
-    ``model``: the network every model of the grid is (default: the profile's, the one the paper names);
-    e.g. "resnet18", the NFT / FIP authors' own.  ``workers`` / ``executor``: see :mod:`purilib.executor`
+    ``model``: the network every model of the grid is (default: the table's networks, else the profile's,
+    the one the paper names); e.g. "resnet18", the NFT / FIP authors' own.  A table over amounts of clean
+    data (``Table.clean_amounts``) runs each amount the profile reserves, unless ``clean_per_class`` names one.  ``workers`` / ``executor``: see :mod:`purilib.executor`
     (several local processes, one GPU each where there are GPUs; or a Ray cluster); the records are the
     same whatever runs them.  ``workers="auto"``: on the CPU, with a profile that fixes the threads per
     process (smoke: 1), one worker per that many cores; else 1."""
     table, prof = get_table(table_id), get_profile(profile)
-    clean_per_class = prof.clean_per_class if clean_per_class is None else clean_per_class
-    if not (isinstance(clean_per_class, int) and clean_per_class >= 1):
-        raise ValueError(f"clean_per_class must be a positive integer, not {clean_per_class!r}")
-    if clean_per_class > reserved_per_class(prof):
-        raise ValueError(f"clean_per_class {clean_per_class} is more than the {reserved_per_class(prof)} clean images "
-                         f"per class the {prof.name} profile reserves for the defenses")
+    reserve = reserved_per_class(prof)
+    if clean_per_class is not None:
+        amounts = [clean_per_class]
+    elif table.clean_amounts:  # a table over amounts of clean data (AWM Table 1): those the profile reserves
+        amounts = [k for k in table.clean_amounts if k <= reserve]
+        if len(amounts) < len(table.clean_amounts):
+            print(f"{table.id} ({prof.name}): {sorted(set(table.clean_amounts) - set(amounts), reverse=True)} "
+                  f"clean images per class left out: the profile reserves {reserve} per class")
+    else:  # the table's own setting (NFT Figure 1: one-shot), else the profile's
+        amounts = [table.clean_per_class or prof.clean_per_class]
+    for k in amounts:
+        if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+            raise ValueError(f"clean_per_class must be a positive integer, not {k!r}")
+        if k > reserve:
+            raise ValueError(f"clean_per_class {k} is more than the {reserve} clean images per class the "
+                             f"{prof.name} profile reserves for the defenses")
     attacks = list(attacks or table.attacks)
     defenses = list(defenses or table.defenses)
     _check_names(attacks, table.attacks, "attacks", table)
     _check_names(defenses, table.defenses, "defenses", table)
     if not (isinstance(seeds, int) and seeds >= 1):
         raise ValueError(f"seeds must be a positive integer, not {seeds!r}")
-    if model is not None:
-        create_model(model)  # an unknown name fails here, before anything runs
-    prof = resolve_profile(profile, model)
+    networks = [model] if model is not None else list(table.models or [None])
+    for network in networks:
+        if network is not None:
+            create_model(network)  # an unknown name fails here, before anything runs
     out = output_dir_for(table_id, profile, output_dir)
     if from_records:
-        return _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out)
+        records, missing = [], []
+        for network in networks:
+            for k in amounts:
+                found, lacking = _recorded_cells(table, resolve_profile(profile, network), attacks, defenses, seeds,
+                                                 k, out)
+                records, missing = records + found, missing + lacking
+        if missing:
+            raise ValueError(f"{table.id} ({prof.name}) from records: {len(missing)} cells cannot be tabulated: "
+                             + "; ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+        return pd.DataFrame(records)
     (out / "records").mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
     workers = resolve_workers(workers, prof, device, rows=len(attacks) * seeds)
+    records = []
     with cpu_threads(prof.threads if device == "cpu" else None):  # every worker computes with this count
-        if workers != 1 or executor != "local":
-            from .executor import run_parallel
-            records = run_parallel(table, profile, model, attacks, defenses, seeds, clean_per_class, device,
-                                   data_root, cache_dir, out, workers=workers, executor=executor,
-                                   ray_address=ray_address, progress=progress)
-        else:
-            records = []
-            for seed in range(seeds):
-                for attack_name in attacks:
-                    row = prepare_row(prof, attack_name, seed, clean_per_class, device, data_root, cache_dir)
-                    for defense_name in defenses:
-                        records.append(run_cell(table, prof, attack_name, defense_name, seed, row, device, out,
-                                                 progress))
+        for network in networks:
+            for k in amounts:
+                records += _run_grid(table, profile, network, attacks, defenses, seeds, k, device, data_root,
+                                     cache_dir, out, workers, executor, ray_address, progress)
     reused = sum(bool(r.pop("reused", False)) for r in records)
     print(f"{table.id} ({prof.name}): {len(records) - reused} cells computed, {reused} reused from "
           f"{out / 'records'} (same weights, code and settings)")
     return merge_records(load_records(out), pd.DataFrame(records))
+
+
+def _run_grid(table, profile, network, attacks, defenses, seeds, clean_per_class, device, data_root, cache_dir,
+              out, workers, executor, ray_address, progress) -> list:
+    """The cells of one network and one amount of clean data: on workers, or here one after another."""
+    if workers != 1 or executor != "local":
+        from .executor import run_parallel
+        return run_parallel(table, profile, network, attacks, defenses, seeds, clean_per_class, device, data_root,
+                            cache_dir, out, workers=workers, executor=executor, ray_address=ray_address,
+                            progress=progress)
+    prof, records = resolve_profile(profile, network), []
+    for seed in range(seeds):
+        for attack_name in attacks:
+            row = prepare_row(prof, attack_name, seed, clean_per_class, device, data_root, cache_dir,
+                              snapshots=snapshot_every(table, prof))
+            for defense_name in defenses:
+                records.append(run_cell(table, prof, attack_name, defense_name, seed, row, device, out, progress,
+                                        cache_dir=cache_dir))
+    return records
 
 
 def resolve_workers(workers, prof, device, rows) -> int:
@@ -108,12 +140,17 @@ def resolve_workers(workers, prof, device, rows) -> int:
     return 1
 
 
-def _with_clean_per_class(records: pd.DataFrame) -> pd.DataFrame:
-    """A copy with ``clean_per_class`` filled in (records written before the setting existed)."""
+def _with_row_keys(records: pd.DataFrame) -> pd.DataFrame:
+    """A copy with ``clean_per_class`` and ``network`` filled in (records written before they existed)."""
     records = records.copy()
     if "clean_per_class" not in records:
         records["clean_per_class"] = np.nan
     records["clean_per_class"] = records["clean_per_class"].fillna(records["clean_images"] // 10).astype(int)
+    if "network" not in records:
+        records["network"] = None
+    configs = records["training_config"] if "training_config" in records else [None] * len(records)
+    records["network"] = [n if isinstance(n, str) else c.get("model", "") if isinstance(c, dict) else ""
+                          for n, c in zip(records["network"], configs)]
     return records
 
 
@@ -127,20 +164,21 @@ def merge_records(earlier: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
     frame = pd.concat([latest, earlier], ignore_index=True) if len(earlier) else latest.copy()
     if frame.empty:
         return frame
-    frame = _with_clean_per_class(frame)
-    frame = frame.drop_duplicates(["attack", "defense", "seed", "clean_per_class"], keep="first")
+    frame = _with_row_keys(frame)
+    frame = frame.drop_duplicates(["network", "attack", "defense", "seed", "clean_per_class"], keep="first")
     identity = frame["weights_digest"] if "weights_digest" in frame else pd.Series(np.nan, index=frame.index)
     if "model_key" in frame:  # records written before weights digests: their recipe stands in
         identity = identity.fillna(frame["model_key"])
     frame = frame.assign(_model=identity.fillna(""), _order=range(len(frame)))
     kept = []
-    for _, row in frame.groupby(["attack", "seed", "clean_per_class"], sort=False):
+    for _, row in frame.groupby(["network", "attack", "seed", "clean_per_class"], sort=False):
         kept.append(row[row["_model"] == row["_model"].iloc[0]])  # groups keep the frame's order
     return pd.concat(kept).sort_values("_order").drop(columns=["_model", "_order"]).reset_index(drop=True)
 
 
-def _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out) -> pd.DataFrame:
-    """The records of the requested cells, checked against the recipe they should have been made with."""
+def _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out):
+    """The records of the requested cells, checked against the recipe they should have been made with,
+    and a line for each cell that has none."""
     records, missing = [], []
     for seed in range(seeds):
         for attack_name in attacks:
@@ -150,18 +188,16 @@ def _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out)
                 defense, _ = column_defense(table, prof, defense_name, device="cpu", seed=seed)
                 settings = as_json(defense.config) if defense else {}
                 record = json.loads(path.read_text()) if path.exists() else None
+                cell = f"{attack_name} x {defense_name} (seed {seed}, {path.name})"
                 if record is None:
-                    missing.append(f"{attack_name} x {defense_name} (seed {seed}): no record")
+                    missing.append(f"{cell}: no record")
                 elif any(record["training_config"].get(k) != v for k, v in recipe.items()):
-                    missing.append(f"{attack_name} x {defense_name} (seed {seed}): made with another recipe")
+                    missing.append(f"{cell}: made with another recipe")
                 elif record.get("defense_config") != settings:
-                    missing.append(f"{attack_name} x {defense_name} (seed {seed}): made with other settings")
+                    missing.append(f"{cell}: made with other settings")
                 else:
                     records.append(record)
-    if missing:
-        raise ValueError(f"{table.id} ({prof.name}) from records: {len(missing)} cells cannot be tabulated: "
-                         + "; ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
-    return pd.DataFrame(records)
+    return records, missing
 
 
 def load_records(output_dir) -> pd.DataFrame:
@@ -173,10 +209,11 @@ def summarize(records: pd.DataFrame, table_id: str) -> pd.DataFrame:
     table = get_table(table_id)
     paper = published(table)
     rows = []
-    records = _with_clean_per_class(records)
-    for (attack, defense, per_class), group in records.groupby(["attack", "defense", "clean_per_class"],
-                                                                sort=False):
-        row = {"attack": attack, "defense": defense, "clean_per_class": per_class, "seeds": len(group)}
+    records = _with_row_keys(records)
+    for (network, attack, defense, per_class), group in records.groupby(
+            ["network", "attack", "defense", "clean_per_class"], sort=False):
+        row = {"network": network, "attack": attack, "defense": defense, "clean_per_class": per_class,
+               "seeds": len(group)}
         for metric in ("acc", "asr", "ra", "der", "seconds"):
             values = group[metric].astype(float)
             row[metric] = values.mean()
@@ -203,9 +240,11 @@ def summarize(records: pd.DataFrame, table_id: str) -> pd.DataFrame:
         rows.append(row)
     summary = pd.DataFrame(rows)
     order = {name: i for i, name in enumerate(table.attacks)}, {name: i for i, name in enumerate(table.defenses)}
-    summary = summary.sort_values(["clean_per_class", "attack", "defense"], ascending=[False, True, True],
-                                  key=lambda s: s if s.name == "clean_per_class" else
-                                  s.map(order[0] if s.name == "attack" else order[1]))
+    networks = {name: i for i, name in enumerate(dict.fromkeys([*table.models, *summary["network"]]))}
+    keys = {"attack": order[0], "defense": order[1], "network": networks}
+    summary = summary.sort_values(["network", "clean_per_class", "attack", "defense"],
+                                  ascending=[True, False, True, True],
+                                  key=lambda s: s if s.name == "clean_per_class" else s.map(keys[s.name]))
     return summary.reset_index(drop=True)
 
 
@@ -222,8 +261,10 @@ def to_markdown(summary: pd.DataFrame, title: str, profile: str) -> str:
              "| seconds | trained params | paper source |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     old = "training_format" in summary and (summary["training_format"] < TRAINING_FORMAT).any()
+    networks = summary["network"].nunique() > 1 if "network" in summary else False
     for r in summary.itertuples():
         mark = " †" if old and r.training_format < TRAINING_FORMAT else ""
+        mark += f" ({r.network})" if networks else ""
         lines.append(f"| {r.attack}{mark} | {r.defense} | {r.clean_per_class} | {_cell(r.asr, r.asr_std)} | "
                      f"{_cell(r.paper_asr, np.nan)} | "
                      f"{_cell(r.delta_asr, np.nan)} | {_cell(r.acc, r.acc_std)} | {_cell(r.paper_acc, np.nan)} | "
@@ -245,11 +286,12 @@ def average_drop(summary: pd.DataFrame, table_id: str) -> pd.DataFrame:
         text = resources.files("purilib.references").joinpath("nft_table1_avgdrop.csv").read_text()
         printed = {r["defense"]: r for r in csv.DictReader(text.splitlines()) if r["dataset"] == "CIFAR-10"}
     frame = summary[summary["attack"] != "Benign"]
-    base = frame[frame["defense"] == NO_DEFENSE].set_index(["attack", "clean_per_class"])
+    keys = ["network", "attack", "clean_per_class"]  # a row's drop is from its own network's and amount's model
+    base = frame[frame["defense"] == NO_DEFENSE].set_index(keys)
     rows = []
-    for (defense, per_class), group in frame[frame["defense"] != NO_DEFENSE].groupby(["defense", "clean_per_class"],
-                                                                                    sort=False):
-        group = group.set_index(["attack", "clean_per_class"])
+    for (network, defense, per_class), group in frame[frame["defense"] != NO_DEFENSE].groupby(
+            ["network", "defense", "clean_per_class"], sort=False):
+        group = group.set_index(keys)
         attacks = [a for a in group.index if a in base.index]
         ours = {m: np.mean([base.loc[a, m] - group.loc[a, m] for a in attacks]) if attacks else np.nan
                 for m in ("asr", "acc")}
@@ -258,7 +300,7 @@ def average_drop(summary: pd.DataFrame, table_id: str) -> pd.DataFrame:
         theirs = {m: np.mean([base.loc[k, f"paper_{m}"] - group.loc[k, f"paper_{m}"] for k in same]) if same
                   else np.nan for m in ("asr", "acc")}
         p = printed.get(defense, {}) if same else {}
-        rows.append({"defense": defense, "clean_per_class": per_class, "attacks": len(attacks),
+        rows.append({"network": network, "defense": defense, "clean_per_class": per_class, "attacks": len(attacks),
                      "asr_drop": ours["asr"], "acc_drop": ours["acc"],
                      "paper_asr_drop_same_attacks": theirs["asr"], "paper_acc_drop_same_attacks": theirs["acc"],
                      "paper_asr_drop_printed": float(p.get("asr_drop_printed") or np.nan),
@@ -275,9 +317,10 @@ def average_drop_markdown(drops: pd.DataFrame) -> str:
              "differ for some defenses, as printed).", "",
              "| Defense | clean/class | attacks | ours | paper, same attacks | paper printed | paper recomputed |",
              "|---|---|---|---|---|---|---|"]
+    networks = drops["network"].nunique() > 1 if len(drops) else False
     for r in drops.itertuples():
         pair = lambda a, b: "–" if pd.isna(a) else f"{a:.1f} / {b:.1f}"  # noqa: E731
-        lines.append(f"| {r.defense} | {r.clean_per_class} | {r.attacks} | {pair(r.asr_drop, r.acc_drop)} | "
+        lines.append(f"| {r.defense}{f' ({r.network})' if networks else ''} | {r.clean_per_class} | {r.attacks} | {pair(r.asr_drop, r.acc_drop)} | "
                      f"{pair(r.paper_asr_drop_same_attacks, r.paper_acc_drop_same_attacks)} | "
                      f"{pair(r.paper_asr_drop_printed, r.paper_acc_drop_printed)} | "
                      f"{pair(r.paper_asr_drop_recomputed, r.paper_acc_drop_recomputed)} |")
@@ -307,7 +350,9 @@ def plot(summary: pd.DataFrame, title: str):
     import seaborn as sns
     frame = summary.copy()
     several = frame["clean_per_class"].nunique() > 1
-    frame["row"] = [f"{a} ({k}/class)" if several else a for a, k in zip(frame["attack"], frame["clean_per_class"])]
+    networks = frame["network"].nunique() > 1 if "network" in frame else False
+    frame["row"] = [a + (f" {n}" if networks else "") + (f" ({k}/class)" if several else "")
+                    for a, k, n in zip(frame["attack"], frame["clean_per_class"], frame.get("network", frame["attack"]))]
     rows, columns = list(dict.fromkeys(frame["row"])), list(dict.fromkeys(frame["defense"]))
     fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.3 * len(columns), 1.2 + 0.42 * len(rows)), squeeze=False)
     for ax, metric, cmap in zip(axes[0], ("asr", "acc"), ("Reds", "Blues")):
@@ -361,8 +406,10 @@ def table_outline(summary: pd.DataFrame) -> str:
     their numbers are percentages.  The numbers themselves are not compared: a tiny smoke model's
     ACC / ASR move with the CPU thread count (one SIG model: ASR 60 at 2 threads, 86 elsewhere), so
     they are checked by tests with bounds instead."""
-    lines = [f"{attack:<10} {k:>3}/class  " + ", ".join(group["defense"])
-             for (attack, k), group in summary.groupby(["attack", "clean_per_class"], sort=False)]
+    networks = summary["network"].nunique() > 1 if "network" in summary else False
+    keys = ["network", "attack", "clean_per_class"] if networks else ["attack", "clean_per_class"]
+    lines = [f"{' '.join(str(v) for v in key[:-1]):<10} {key[-1]:>3}/class  " + ", ".join(group["defense"])
+             for key, group in summary.groupby(keys, sort=False)]
     return "\n".join(lines + [f"{len(summary)} cells; ACC and ASR within [0, 100]: {percentages_valid(summary)}"])
 
 

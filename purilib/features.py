@@ -198,3 +198,31 @@ def plot_tsne(panels: dict, title: str, scores: dict = None):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.86, 1))  # room on the right for the legend
     return fig
+
+
+# ---------------------------------------------------------------- a table's cells (fip-figure5, nft-figure1)
+def measure(model, test: ImageSet, attack, per_class=100, poisoned=500, perplexity=30.0, k=10, seed=0) -> dict:
+    """What a cell's record keeps: the t-SNE embedding of the model's features of a fixed sample (the same
+    for every cell of a row: ``seed``), each point's group, and ``poison_separation`` in feature space."""
+    sample = feature_sample(test, attack, per_class=per_class, poisoned=poisoned, seed=seed)
+    features = penultimate_features(model, sample.images)
+    return {"tsne": np.round(tsne(features, seed, perplexity), 3).tolist(), "tsne_groups": sample.groups.tolist(),
+            "poison_separation": poison_separation(features, sample.groups, k),
+            "separation_chance": separation_chance(sample.groups, k)}
+
+
+def panels_from_records(records):
+    """({column: (embedding, groups)}, {column: poison_separation}) of one row's cells (the first seed),
+    in the records' column order."""
+    rows = records[records["seed"] == records["seed"].min()]
+    panels = {r["defense"]: (np.asarray(r["tsne"]), np.asarray(r["tsne_groups"])) for r in rows.to_dict("records")}
+    scores = dict(zip(rows["defense"], rows["poison_separation"]))
+    return panels, scores
+
+
+def separation_markdown(records) -> str:
+    lines = ["| Attack | Column | ASR | ACC | poison separation (chance) |", "|---|---|---|---|---|"]
+    for r in records.itertuples():
+        lines.append(f"| {r.attack} | {r.defense} | {r.asr:.1f} | {r.acc:.1f} | {r.poison_separation:.2f} "
+                     f"({r.separation_chance:.2f}) |")
+    return "\n".join(lines) + "\n"

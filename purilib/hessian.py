@@ -189,18 +189,28 @@ def spectral_density(model, data: ImageSet, runs=1, steps=80, seed=0, grid=10000
         a, b = lanczos(model, data, steps=steps, chunk=chunk, start=_rademacher_unit(params, g))
         nodes.append(a)
         weights.append(b)
-    everything, mixture = torch.cat(nodes), torch.cat(weights) / runs
+    grid, density, sigma, mass = broadened_density(nodes, weights, grid=grid, sigma=sigma)
+    # v^T H v = e_1^T T e_1 = sum(w * node) for a unit v; n times it is Hutchinson's estimate of tr(H)
+    traces = torch.stack([n * (w * a).sum() for a, w in zip(nodes, weights)])
+    trace_se = (traces.std() / runs ** 0.5).item() if runs > 1 else float("nan")
+    return SpectralDensity(nodes=nodes, weights=weights, grid=grid, density=density, sigma=sigma, mass=mass,
+                           lambda_max=max(a.max().item() for a in nodes), trace=traces.mean().item(),
+                           trace_se=trace_se, n_params=n)
+
+
+def broadened_density(nodes, weights, grid=10000, sigma=None):
+    """The runs' quadrature (lists of nodes and weights, one tensor per run) as a density: the mean over
+    runs of sum_k w_k N(x; node_k, sigma^2) on ``grid``, normalised to integrate to 1 there.  Returns
+    (grid, density, sigma, mass before normalising); ``grid`` and ``sigma`` as in ``spectral_density``."""
+    everything, mixture = torch.cat(list(nodes)), torch.cat(list(weights)) / len(nodes)
     low, high = everything.min().item(), everything.max().item()
     if sigma is None:
         sigma = (high - low) / 1000 if high > low else max(abs(high), 1.0) / 1000
     if not torch.is_tensor(grid):
-        grid = torch.linspace(low - 5 * sigma, high + 5 * sigma, int(grid), device=device, dtype=dtype)
-    grid = grid.to(device=device, dtype=dtype)
+        grid = torch.linspace(low - 5 * sigma, high + 5 * sigma, int(grid), device=everything.device,
+                              dtype=everything.dtype)
+    grid = grid.to(device=everything.device, dtype=everything.dtype)
     gaussians = torch.exp(-0.5 * ((grid[:, None] - everything[None, :]) / sigma) ** 2) / (sigma * (2 * torch.pi) ** 0.5)
     density = gaussians @ mixture
     mass = torch.trapezoid(density, grid).item()
-    # v^T H v = e_1^T T e_1 = sum(w * node) for a unit v; n times it is Hutchinson's estimate of tr(H)
-    traces = torch.stack([n * (w * a).sum() for a, w in zip(nodes, weights)])
-    trace_se = (traces.std() / runs ** 0.5).item() if runs > 1 else float("nan")
-    return SpectralDensity(nodes=nodes, weights=weights, grid=grid, density=density / mass, sigma=float(sigma),
-                           mass=mass, lambda_max=high, trace=traces.mean().item(), trace_se=trace_se, n_params=n)
+    return grid, density / mass, float(sigma), mass

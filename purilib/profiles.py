@@ -31,6 +31,12 @@ class Profile:
     sharpness: dict = field(default_factory=lambda: dict(iterations=20, samples=50))
     # the trajectory measurement (FIP Figure 3): points along the defense, test images, power iterations
     trajectory: dict = field(default_factory=lambda: dict(points=10, test_images=1000, iterations=10))
+    # FIP Figure 1: the spectral density (stochastic Lanczos quadrature: runs x Lanczos steps) and the
+    # training history (a snapshot every ``every`` epochs: ACC / ASR on test images, lambda_max)
+    spectrum: dict = field(default_factory=lambda: dict(runs=1, steps=80))
+    history: dict = field(default_factory=lambda: dict(every=1, test_images=1000, iterations=10))
+    # FIP Figure 5 / NFT Figure 1: t-SNE of the features of clean test images per class and poisoned ones
+    features: dict = field(default_factory=lambda: dict(per_class=100, poisoned=500, perplexity=30.0))
     # CPU threads per process on the CPU (None: torch's default); with it, workers="auto" runs one process
     # per that many cores, and the records do not depend on the number of workers
     threads: int = None
@@ -49,6 +55,8 @@ PROFILES = {
         # 10 steps of 32 images: enough to exercise every defense; I-BAU's steps cost ~K + 3 passes each
         defense_overrides={"*": dict(steps=10, batch_size=32), "I-BAU": dict(steps=5, rounds=2)},
         sharpness=dict(iterations=3, samples=3), trajectory=dict(points=4, test_images=200, iterations=3),
+        spectrum=dict(runs=1, steps=10), history=dict(every=1, test_images=200, iterations=3),
+        features=dict(per_class=10, poisoned=40, perplexity=10.0),
         # a 1/8-width network at batch 32 gains little from a second thread (measured 31 -> 22 ms a step);
         # two one-thread processes do 1.5x the work of one two-thread process on two cores
         threads=1,
@@ -100,7 +108,7 @@ PROFILES = {
         # 40 epochs are chosen to reach the papers' ~92%: not yet measured
         training=dict(dataset="cifar10", model="preact_resnet18", width=1.0, epochs=40, batch_size=128,
                       lr=0.1, momentum=0.9, schedule="cosine", warmup_epochs=1, weight_decay=5e-4, bf16=True),
-        clean_per_class=50, bf16=False,
+        clean_per_class=50, bf16=False, history=dict(every=2, test_images=1000, iterations=10),
         # BPPA: BackdoorBench's 8-level trigger, as on the cpu profile (the authors' 32 dithered levels are
         # taught in 1000 epochs; 12 did not teach them)
         # the NFT authors' BadNets: their 3x3 checkerboard blended at opacity 0.6
@@ -111,7 +119,7 @@ PROFILES = {
         name="paper",
         training=dict(dataset="cifar10", model="preact_resnet18", width=1.0, epochs=250, batch_size=128,
                       lr=0.1, schedule="step", milestones=(100, 150), weight_decay=5e-4),
-        clean_per_class=50,
+        clean_per_class=50, history=dict(every=10, test_images=1000, iterations=10),
         attack_overrides={"BadNets": dict(opacity=0.6)},  # the NFT authors' BadNets trigger
         description="the papers' settings: full PreAct-ResNet-18, 250 epochs (GPU)"),
 }

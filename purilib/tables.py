@@ -22,6 +22,9 @@ class Table:
     variants: dict = None  # column -> (defense, settings): a column that is a defense at other settings
     gathers: bool = False  # True: runs nothing, reads the records of the other tables (a figure of them)
     measures: tuple = ()   # extra measurements of every cell's model: "sharpness" (hessian.sharpness)
+    clean_per_class: int = None  # the defenses' clean images per class when the run names none (None: the profile's)
+    clean_amounts: tuple = ()  # a grid over amounts of clean data (per class; those the profile reserves)
+    models: tuple = ()  # a grid over networks (None: the profile's network)
     description: str = ""  # one line for --list
 
     def method(self, column):
@@ -108,11 +111,47 @@ TABLES["fip-figure4"] = Table(
     reference_files=("fip_figure4_runtime.csv",), gathers=True,
     description="seconds per purification, ours on the hardware named beside the paper's RTX 3090")
 
+TABLES["fip-figure1"] = Table(
+    id="fip-figure1", paper="FIP (CCS 2024)",
+    title="Figure 1: the Hessian's eigen-spectral density of benign and backdoored models (lambda_max, trace, "
+          "ACC, ASR), and lambda_max with ACC / ASR over the training epochs (CIFAR-10, PreAct-ResNet-18)",
+    notebook="fip_figure1.ipynb", attacks=("Benign", "BadNets", "Troj-one", "CLB", "SIG"), defenses=("No defense",),
+    reference_files=("fip_figure1_spectra.csv",), measures=("spectrum", "history"),
+    description="is a backdoored model's loss sharper than a benign one's, and since when in training?")
+
+TABLES["fip-figure5"] = Table(
+    id="fip-figure5", paper="FIP (CCS 2024)",
+    title="Figure 5: t-SNE of a BadNets PreAct-ResNet-18's features before and after FIP (CIFAR-10)",
+    notebook="fip_figure5.ipynb", attacks=("BadNets",), defenses=("No defense", "FIP"), reference_files=(),
+    measures=("features",),
+    description="do the poisoned images leave their own cluster after FIP? (t-SNE, and a neighbour score)")
+
+NFT_FIGURE1_VARIANTS = {"one-shot NFT without the regulariser": ("NFT", {"mask_reg": 0.0}),
+                        "one-shot NFT": ("NFT", {})}
+TABLES["nft-figure1"] = Table(
+    id="nft-figure1", paper="NFT (ECCV 2024)",
+    title="Figure 1: t-SNE of a backdoored PreAct-ResNet-18's features before purification and after one-shot "
+          "NFT without and with the mask regulariser (CIFAR-10, BadNets)",
+    notebook="nft_figure1.ipynb", attacks=("BadNets",), defenses=("No defense",) + tuple(NFT_FIGURE1_VARIANTS),
+    reference_files=(), variants=NFT_FIGURE1_VARIANTS, measures=("features",), clean_per_class=1,
+    description="one clean image per class: does NFT scatter the poisoned cluster, and what does its regulariser do?")
+
+TABLES["awm-table1"] = Table(
+    id="awm-table1", paper="AWM (NeurIPS 2022)",
+    title="Table 1: backdoor removal against the amount of clean data (per class), ResNet-18 and VGG-16-BN "
+          "(CIFAR-10; the paper's numbers are not available here)",
+    notebook="awm_table1.ipynb", attacks=("BadNets", "Blend", "Troj-one"),
+    defenses=("No defense", "FT", "ANP", "I-BAU", "AWM"), reference_files=(),
+    clean_amounts=(500, 100, 50, 10, 1), models=("resnet18", "vgg16_bn"),
+    description="how little clean data does each defense need? (500 to 1 image per class, two networks)")
+
 # the published tables call "No defense" 'none'
 _REFERENCE_NAMES = {"none": "No defense"}
 # FIP's Table 6 names two attacks as NFT's Table 1 does not; its "none" rows have the ACC of NFT's
 # Troj-one (89.57) and Dyn-one (92.52): the same models
-_REFERENCE_ATTACKS = {"Trojan": "Troj-one", "Dynamic": "Dyn-one"}
+_REFERENCE_ATTACKS = {"Trojan": "Troj-one", "Dynamic": "Dyn-one",
+                      # FIP Figure 1: "none" is the benign model, TrojanNet has Troj-one's ACC (89.57)
+                      "TrojanNet": "Troj-one", "none": "Benign"}
 
 
 def get_table(table_id: str) -> Table:
@@ -144,8 +183,10 @@ def published(table: Table, dataset="CIFAR-10") -> dict:
         for row in csv.DictReader(text.splitlines()):
             if row.get("dataset", dataset) != dataset:
                 continue
-            defense = _REFERENCE_NAMES.get(row["defense"], row["defense"])
+            defense = row.get("defense", "none")  # a figure of models before any defense has no such column
+            defense = _REFERENCE_NAMES.get(defense, defense)
             cell = {k: float(row[k]) for k in ("asr", "acc", "lambda_max", "trace_hessian") if row.get(k)}
             attack = _REFERENCE_ATTACKS.get(row["attack"], row["attack"])
-            out.setdefault((attack, defense), {**cell, "source": f"{row['paper']} {row['table']}"})
+            source = f"{row['paper']} {row.get('table') or row.get('figure')}"
+            out.setdefault((attack, defense), {**cell, "source": source})
     return out

@@ -172,7 +172,7 @@ def _compiled(model, device, compile):
 
 
 def fit(model, train, config, device, checkpoint=None, attack=None, desc="train", fast=True, compile="auto",
-        checkpoint_seconds=30.0):
+        checkpoint_seconds=30.0, after_epoch=None):
     """The training loop; returns its wall seconds, those of an interrupted run it resumed included.
 
     The data set sits on the device; each epoch's order and augmentation are drawn there from a
@@ -182,7 +182,8 @@ def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"
     uncompiled.  ``checkpoint``: path of a resumable state, written after the first epoch and
     then at most every ``checkpoint_seconds``.  ``fast=False`` is the reference loop that
     ``benchmarks/gpu_speed.py`` compares against: a host sync per step, random numbers drawn on
-    the CPU, no fused optimizer, no compilation (the same recipe)."""
+    the CPU, no fused optimizer, no compilation (the same recipe).  ``after_epoch(epochs_done, model)``
+    is called after every epoch (FIP Figure 1's snapshots)."""
     optimizer = _optimizer(model, config, device, fast)
     start_epoch, seconds_before = 0, 0.0
     if checkpoint is not None and checkpoint.exists():
@@ -234,6 +235,8 @@ def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"
             optimizer.step()
             total_loss += loss.detach().float() if fast else loss.item()
         bar.set_postfix(loss=f"{total_loss.item() / steps_per_epoch:.3f}")
+        if after_epoch is not None:
+            after_epoch(epoch + 1, model)
         done = epoch + 1 == config["epochs"]
         if checkpoint is not None and not done and (epoch == start_epoch or time.time() - last_save >= checkpoint_seconds):
             attack_state = attack.state_dict() if attack is not None and attack.controls_training else {}
@@ -248,11 +251,13 @@ def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"
 
 
 def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrain=False, compile="auto",
-                           **overrides):
+                           snapshot_every=None, **overrides):
     """Train (or load from cache) a model; return ``(model, manifest)``.
 
     ``overrides`` are keys of ``DEFAULT_TRAINING``; an unknown key is an error.  ``compile``: see
-    :func:`fit` (how the loop runs, not what it trains: not part of the cache key).
+    :func:`fit` (how the loop runs, not what it trains: not part of the cache key).  ``snapshot_every=k``:
+    the weights at epoch 0 and after every k-th epoch are kept too (``snapshots/epochNNNN.safetensors``
+    in the model's cache folder; ``snapshot_paths``); a cached model without them is trained again.
     """
     unknown = set(overrides) - set(DEFAULT_TRAINING)
     if unknown:
@@ -267,27 +272,43 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
     folder = settings.cache_dir(cache_dir) / "models" / key
     with one_writer(folder):  # one trainer per model; a second process waits, then loads it
         return _train_or_load(config, key, key_config, folder, device, train, train_part, test, attack, poison_idx,
-                              reserved, retrain, compile, cache_dir)
+                              reserved, retrain, compile, cache_dir, snapshot_every)
 
 
 def _train_or_load(config, key, key_config, folder, device, train, train_part, test, attack, poison_idx, reserved,
-                   retrain, compile, cache_dir):
+                   retrain, compile, cache_dir, snapshot_every=None):
     seed_everything(config["seed"])  # before the model exists: its initial weights follow the seed
     model = create_model(config["model"], num_classes=train.num_classes, width=config["width"])
     model = model.to(memory_format=torch.channels_last)
+    if snapshot_every and not retrain and (folder / "manifest.json").exists():
+        retrain = json.loads((folder / "manifest.json").read_text()).get("snapshot_every") != snapshot_every
     if (folder / "manifest.json").exists() and not retrain:
         model.load_state_dict(load_weights(folder / "model.safetensors"))
         manifest = json.loads((folder / "manifest.json").read_text())
         manifest.setdefault("weights_digest", weights_digest(model))  # manifests written before it existed
         restore_attack(attack, manifest, cache_dir)
         return model.to(device), manifest
+    after_epoch = None
+    if snapshot_every:  # FIP Figure 1: the model as it learns
+        snapshots = folder / "snapshots"
+        snapshots.mkdir(parents=True, exist_ok=True)
+
+        def after_epoch(epoch, net):
+            if epoch % snapshot_every == 0 or epoch == config["epochs"]:
+                save_weights(net, snapshots / f"epoch{epoch:04d}.safetensors")
+        if not (folder / "partial.pt").exists():  # a fresh start: no snapshot of an earlier training stays
+            for old in snapshots.glob("epoch*.safetensors"):
+                old.unlink()
+            after_epoch(0, model)
     seconds = fit(model, train_part, config, device, checkpoint=folder / "partial.pt", attack=attack,
-                  desc=f"train {config['attack']} {config['model']}x{config['width']}", compile=compile)
+                  desc=f"train {config['attack']} {config['model']}x{config['width']}", compile=compile,
+                  after_epoch=after_epoch)
     metrics = evaluate(model, test, attack, device=device, bf16=config["bf16"])
     manifest = {"key": key, "config": key_config, "code_version": code_version(), "device": device,
                 "device_name": device_name(device), "torch": torch.__version__,
                 "train_seconds": round(seconds, 1), "num_train": len(train_part), "weights_digest": weights_digest(model),
                 "poison_indices": poison_idx.tolist(), "reserved_indices": reserved.tolist(),
+                **({"snapshot_every": snapshot_every} if snapshot_every else {}),
                 **{k: round(v, 2) for k, v in metrics.items()}}
     save_weights(model, folder / "model.safetensors")
     if attack is not None and attack.state_dict():
@@ -295,3 +316,9 @@ def _train_or_load(config, key, key_config, folder, device, train, train_part, t
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
     (folder / "partial.pt").unlink(missing_ok=True)
     return model, manifest
+
+
+def snapshot_paths(manifest, cache_dir=None) -> dict:
+    """{epoch: path} of the weights kept while the manifest's model trained (``snapshot_every``)."""
+    folder = settings.cache_dir(cache_dir) / "models" / manifest["key"] / "snapshots"
+    return {int(p.stem[len("epoch"):]): p for p in sorted(folder.glob("epoch*.safetensors"))}

@@ -50,7 +50,7 @@ def test_sunrise_style_is_warm_and_depends_on_the_image():
 def test_smoke_model_learns_the_backdoor_and_was_detoxified(smoke):
     _, manifest, _, attack = smoke
     assert manifest["asr"] >= 40  # chance is ~10; measured 82 and 86
-    assert attack.detox_rounds == 9  # one per epoch after the first
+    assert attack.detox_rounds == manifest["config"]["epochs"] - 1  # one per epoch after the first
     assert not torch.equal(attack.injector.mixing, torch.cat([torch.eye(3), torch.zeros(9, 3)]))
 
 

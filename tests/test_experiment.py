@@ -115,3 +115,41 @@ def test_average_drop_beside_the_papers_printed_and_recomputed_rows():
     # the paper's own cells over the same two attacks: BadNets 100 -> 4.87, Blend 100 -> 4.77 (ASR)
     assert drop.paper_asr_drop_same_attacks == pytest.approx((95.13 + 95.23) / 2)
     assert drop.paper_asr_drop_printed == 92.63 and drop.paper_acc_drop_recomputed == 5.94
+
+
+def test_a_table_over_networks_and_clean_amounts_runs_what_the_profile_reserves(tmp_path, capsys):
+    """AWM Table 1: both networks, every amount of clean data the profile holds out (smoke: 10 per class,
+    so 500, 100 and 50 are left out, and said so); each network's records are files of their own."""
+    with pytest.raises(ValueError) as error:  # no records: the error lists the cells it looked for
+        run_table("awm-table1", from_records=True, output_dir=tmp_path, attacks=["BadNets"], defenses=["AWM"])
+    assert "[500, 100, 50] clean images per class left out" in capsys.readouterr().out
+    assert "4 cells cannot be tabulated" in str(error.value)  # 2 networks x (10, 1) per class
+    from purilib.cells import record_path, resolve_profile
+    paths = {record_path(tmp_path, resolve_profile("smoke", net), "BadNets", "AWM", 0, 1)
+             for net in ("preact_resnet18", "resnet18", "vgg16_bn")}
+    assert len(paths) == 3 and any(p.name == "BadNets__AWM__seed0__1per_class.json" for p in paths)
+
+
+def test_rows_of_different_networks_are_kept_apart():
+    vgg = {**record("BadNets", "AWM", 0, 70.0, 9.0), "network": "vgg16_bn"}
+    resnet = {**record("BadNets", "AWM", 0, 80.0, 3.0), "network": "resnet18"}
+    summary = summarize(pd.DataFrame([resnet, vgg]), "awm-table1")
+    assert list(summary["network"]) == ["resnet18", "vgg16_bn"] and list(summary["acc"]) == [80.0, 70.0]
+    assert "BadNets (vgg16_bn)" in to_markdown(summary, "t", "smoke")
+    assert "vgg16_bn BadNets" in table_outline(summary)
+    from purilib import amounts
+    text = amounts.markdown(summary)
+    assert "| vgg16_bn | BadNets | AWM | 9.0 / 70.0 |" in text
+
+
+def test_workers_auto_is_one_per_core_where_the_profile_fixes_the_threads(monkeypatch):
+    from purilib import experiment
+    from purilib.profiles import get_profile
+    monkeypatch.setattr(experiment, "cpu_cores", lambda: 2)
+    assert experiment.resolve_workers("auto", get_profile("smoke"), "cpu", rows=15) == 2
+    assert experiment.resolve_workers("auto", get_profile("smoke"), "cpu", rows=1) == 1
+    assert experiment.resolve_workers("auto", get_profile("cpu"), "cpu", rows=15) == 1
+    assert experiment.resolve_workers("auto", get_profile("smoke"), "cuda", rows=15) == 1
+    assert experiment.resolve_workers(3, get_profile("cpu"), "cpu", rows=15) == 3
+    with pytest.raises(ValueError, match="workers"):
+        experiment.resolve_workers(0, get_profile("cpu"), "cpu", rows=15)

@@ -117,3 +117,22 @@ def test_panels_and_figure():
     labels = fig.legends[0].get_texts()
     assert [t.get_text() for t in labels] == [f"class {k}" for k in range(10)] + [POISONED]
     plt.close(fig)
+
+
+def test_a_cells_record_redraws_its_panel(test_set):
+    """features.measure keeps the embedding, the groups and the score; panels_from_records reads them back."""
+    import pandas as pd
+
+    from purilib.features import measure, panels_from_records
+    torch.manual_seed(0)
+    model = create_model("preact_resnet18", width=0.125)
+    attack = BadNets(size=8)
+    cell = measure(model, test_set, attack, per_class=5, poisoned=20, perplexity=5.0, seed=0)
+    assert len(cell["tsne"]) == len(cell["tsne_groups"]) == 70 and cell["tsne_groups"].count(POISONED) == 20
+    assert 0 <= cell["poison_separation"] <= 1 and 0 <= cell["separation_chance"] <= 1
+    again = measure(model, test_set, attack, per_class=5, poisoned=20, perplexity=5.0, seed=0)
+    assert again == cell  # the same sample and embedding for every cell of a row
+    records = pd.DataFrame([{"defense": "No defense", "seed": 0, **cell}, {"defense": "FIP", "seed": 0, **cell}])
+    panels, scores = panels_from_records(records)
+    assert list(panels) == ["No defense", "FIP"] and panels["FIP"][0].shape == (70, 2)
+    assert scores["FIP"] == cell["poison_separation"]

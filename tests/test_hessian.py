@@ -113,3 +113,18 @@ def test_the_trajectory_measures_on_a_class_balanced_subset():
     sorted_by_class = ImageSet(torch.zeros(100, 3, 4, 4, dtype=torch.uint8), torch.arange(10).repeat_interleave(10), 10)
     subset = test_subset(sorted_by_class, 20)
     assert torch.bincount(subset.labels, minlength=10).tolist() == [2] * 10
+
+
+def test_the_density_drawn_from_a_record_is_the_measured_one():
+    """spectra.spectrum keeps the nodes and weights; the figure redraws the density from them."""
+    from purilib import spectra
+    from purilib.hessian import broadened_density
+    model, data = small_problem()
+    measured = spectral_density(model, data, runs=2, steps=12, seed=3, grid=500)
+    record = spectra.spectrum(model, data, runs=2, steps=12, seed=3)
+    nodes = [torch.tensor(a, dtype=torch.float64) for a in record["spectrum"]["nodes"]]
+    weights = [torch.tensor(w, dtype=torch.float64) for w in record["spectrum"]["weights"]]
+    grid, density, sigma, mass = broadened_density(nodes, weights, grid=measured.grid, sigma=measured.sigma)
+    assert torch.allclose(density, measured.density, rtol=1e-6) and mass == pytest.approx(measured.mass)
+    assert record["lambda_max"] == pytest.approx(measured.lambda_max) and record["trace"] == pytest.approx(measured.trace)
+    assert all(p.requires_grad for p in model.parameters())  # flags restored

@@ -101,8 +101,8 @@ def test_ibau_one_shot_runs_unlearns_and_keeps_bn_statistics(model_and_clean):
 
 def test_default_learning_rate_keeps_clean_accuracy():
     """Issue 12's collapse (ACC 22-32% at full width): the released outer Adam lr 1e-3 costs clean accuracy
-    by itself; the default (1e-4) keeps it.  Measured on the smoke BadNets model over 30 steps: 93.8 -> 92.0
-    at 1e-4, -> 88.8 at 1e-3."""
+    by itself; the default (1e-4) keeps it.  Measured on the smoke BadNets model over 20 steps: ACC drop
+    -2.4 points at 1e-4 (it rises), 3.8 at 1e-3 (at 40 steps: -1.8 and 6.0)."""
     from purilib.data import clean_subset
     from purilib.metrics import evaluate
     from purilib.profiles import get_profile, training_settings
@@ -114,8 +114,9 @@ def test_default_learning_rate_keeps_clean_accuracy():
     before = evaluate(model, test)["acc"]
 
     def drop(**overrides):
-        purified = create_defense("I-BAU", device="cpu", progress=False, steps=30, rounds=1, **overrides).purify(
+        purified = create_defense("I-BAU", device="cpu", progress=False, steps=20, rounds=1, **overrides).purify(
             model, clean)
         return before - evaluate(purified, test)["acc"]
-    assert drop() <= 3.0
-    assert drop(lr=1e-3) > 3.0  # the released rate: what the default guards against
+    kept = drop()
+    assert kept <= 3.0
+    assert drop(lr=1e-3) >= kept + 3.0  # the released rate: what the default guards against

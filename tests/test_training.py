@@ -86,3 +86,18 @@ def test_code_version_changes_with_a_new_untracked_module(tmp_path):
     first = code_version(tmp_path)
     (tmp_path / "purilib" / "b.py").write_text("y = 3\n")
     assert first.startswith(clean + "-dirty-") and code_version(tmp_path) != first
+
+
+def test_snapshots_are_kept_every_k_epochs_and_a_model_without_them_is_trained_again(tmp_path):
+    """FIP Figure 1's history: the weights at epoch 0 and after every k-th epoch (and the last)."""
+    tiny = {**TINY, "epochs": 3}
+    plain, manifest = training.train_backdoored_model(attack="BadNets", cache_dir=tmp_path, device="cpu", **tiny)
+    assert training.snapshot_paths(manifest, tmp_path) == {} and "snapshot_every" not in manifest
+    model, manifest = training.train_backdoored_model(attack="BadNets", cache_dir=tmp_path, device="cpu",
+                                                      snapshot_every=2, **tiny)
+    paths = training.snapshot_paths(manifest, tmp_path)
+    assert sorted(paths) == [0, 2, 3] and manifest["snapshot_every"] == 2
+    from purilib.checkpoints import load_weights
+    last = load_weights(paths[3])
+    assert all(torch.equal(last[k], v) for k, v in model.state_dict().items())
+    assert not torch.equal(load_weights(paths[0])["linear.weight"], last["linear.weight"])  # epoch 0: untrained
