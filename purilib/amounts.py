@@ -40,4 +40,5 @@ def plot(summary, title):
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    plt.close(fig)  # shown where the notebook asks for it (a small copy), not twice
     return fig

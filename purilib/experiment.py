@@ -392,7 +392,9 @@ def write_outputs(records: pd.DataFrame, table_id: str, profile: str, output_dir
     if "sharpness" in table.measures:
         text = sharpness_markdown(summary, f"{table.paper}, {table.title}", profile) + "\n" + text
     elif not table.variants:
-        text += "\n" + average_drop_markdown(average_drop(summary, table_id))
+        drops = average_drop(summary, table_id)
+        if len(drops):  # a table of models before any defense (FIP Figure 1) has none
+            text += "\n" + average_drop_markdown(drops)
     (out / "table.md").write_text(text)
     figure = plot(summary, f"{table.paper} {table.id} ({profile})")
     figure.savefig(out / "asr_acc.png", dpi=120)
@@ -408,7 +410,8 @@ def table_outline(summary: pd.DataFrame) -> str:
     they are checked by tests with bounds instead."""
     networks = summary["network"].nunique() > 1 if "network" in summary else False
     keys = ["network", "attack", "clean_per_class"] if networks else ["attack", "clean_per_class"]
-    lines = [f"{' '.join(str(v) for v in key[:-1]):<10} {key[-1]:>3}/class  " + ", ".join(group["defense"])
+    width = 19 if networks else 10
+    lines = [f"{' '.join(str(v) for v in key[:-1]):<{width}} {key[-1]:>3}/class  " + ", ".join(group["defense"])
              for key, group in summary.groupby(keys, sort=False)]
     return "\n".join(lines + [f"{len(summary)} cells; ACC and ASR within [0, 100]: {percentages_valid(summary)}"])
 

@@ -197,6 +197,7 @@ def plot_tsne(panels: dict, title: str, scores: dict = None):
     fig.legend(handles, labels, loc="center right", fontsize=7, markerscale=2, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.86, 1))  # room on the right for the legend
+    plt.close(fig)  # shown where the notebook asks for it (a small copy), not twice
     return fig
 
 

@@ -112,4 +112,5 @@ def plot(records, title):
     sharp.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    plt.close(fig)  # shown where the notebook asks for it (a small copy), not twice
     return fig

@@ -68,6 +68,7 @@ def plot(points, title):
     axes[0][0].legend(fontsize=7, loc="center left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    plt.close(fig)  # shown where the notebook asks for it (a small copy), not twice
     return fig
 
 

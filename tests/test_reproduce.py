@@ -22,7 +22,7 @@ def test_smoke_table_end_to_end():
     results folder (conftest.py), where nbval's run of the same notebook then finds every cell done; the
     backdoored models come from the session's cache, where the per-attack tests left them."""
     results = Path(os.environ["PURILIB_RESULTS_DIR"])
-    run = reproduce("table1", "--profile", "smoke", results=results)
+    run = reproduce("nft-table1", "--profile", "smoke", results=results)
     assert run.returncode == 0, run.stderr[-3000:]
     out = results / "nft-table1" / "smoke"
     table = pd.read_csv(out / "table.csv")

@@ -12,6 +12,8 @@ from purilib.tables import TABLES, get_table, published, resolve_tables
 def test_short_names_resolve_and_unknown_ids_suggest_the_closest():
     assert [t.id for t in resolve_tables("table6")] == ["fip-table6"]
     assert [t.id for t in resolve_tables("figure4")] == ["fip-figure4"]
+    assert [t.id for t in resolve_tables("table1")] == ["nft-table1", "awm-table1"]  # Table 1 of every paper
+    assert [t.id for t in resolve_tables("figure1")] == ["fip-figure1", "nft-figure1"]
     with pytest.raises(ValueError, match="did you mean 'table6'"):
         resolve_tables("tabel6")
 
