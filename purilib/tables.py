@@ -140,7 +140,7 @@ TABLES["awm-table1"] = Table(
     id="awm-table1", paper="AWM (NeurIPS 2022)",
     title="Table 1: backdoor removal against the amount of clean data (per class), ResNet-18 and VGG-16-BN "
           "(CIFAR-10; the paper's numbers are not available here)",
-    notebook="awm_table1.ipynb", attacks=("BadNets", "Blend", "Troj-one"),
+    notebook="awm_table1.ipynb", attacks=("BadNets", "Blend"),
     defenses=("No defense", "FT", "ANP", "I-BAU", "AWM"), reference_files=(),
     clean_amounts=(500, 100, 50, 10, 1), models=("resnet18", "vgg16_bn"),
     description="how little clean data does each defense need? (500 to 1 image per class, two networks)")
