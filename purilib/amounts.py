@@ -18,7 +18,8 @@ def markdown(summary) -> str:
         row = []
         for k in amounts:
             r = cells.get(k)
-            row.append("–" if r is None else ("–" if np.isnan(r["asr"]) else f"{r['asr']:.1f}") + f" / {r['acc']:.1f}")
+            asr = "–" if r is None or np.isnan(r["asr"]) else f"{r['asr']:.1f}"
+            row.append("–" if r is None else f"{asr} / {r['acc']:.1f}")
         lines.append(f"| {network} | {attack} | {defense} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

@@ -4,9 +4,9 @@ A row is one (attack, seed): its model (trained, or loaded from the cache), its 
 set, and its metrics before defense (``prepare_row``).  ``run_cell`` runs one column's defense on it
 (``column_defense``: a defense, or a study's variant of one), measures what the table asks for
 (sharpness, a trajectory, a spectrum, a training history), and writes the cell's record, atomically;
-a finished record is reused only when it was made from the same weights, code, clean data and settings.  The sequential runner
-(``experiment.run_table``) and the parallel one (``executor``) both go through here, so their records
-are the same.
+a finished record is reused only when it was made from the same weights, code, clean data and
+settings.  The sequential runner (``experiment.run_table``) and the parallel one (``executor``) both
+go through here, so their records are the same.
 """
 import dataclasses
 import json

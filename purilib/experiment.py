@@ -18,7 +18,8 @@ import pandas as pd
 
 from . import settings
 from .defenses import NO_DEFENSE
-from .cells import as_json, column_defense, prepare_row, record_path, resolve_profile, run_cell, snapshot_every  # noqa: F401,E501 (re-exported)
+from .cells import (as_json, column_defense, prepare_row, record_path, resolve_profile,  # noqa: F401 (re-exported)
+                    run_cell, snapshot_every)
 from .models import create_model
 from .profiles import get_profile, reserved_per_class, training_settings
 from .devices import cpu_cores, cpu_threads, resolve_device
@@ -51,10 +52,11 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     a GPU one say); each must match the requested cell's training recipe and defense settings.
     ``model``: the network every model of the grid is (default: the table's networks, else the profile's,
     the one the paper names); e.g. "resnet18", the NFT / FIP authors' own.  A table over amounts of clean
-    data (``Table.clean_amounts``) runs each amount the profile reserves, unless ``clean_per_class`` names one.  ``workers`` / ``executor``: see :mod:`purilib.executor`
-    (several local processes, one GPU each where there are GPUs; or a Ray cluster); the records are the
-    same whatever runs them.  ``workers="auto"``: on the CPU, with a profile that fixes the threads per
-    process (smoke: 1), one worker per that many cores; else 1."""
+    data (``Table.clean_amounts``) runs each amount the profile reserves, unless ``clean_per_class``
+    names one.  ``workers`` / ``executor``: see :mod:`purilib.executor` (several local processes, one
+    GPU each where there are GPUs; or a Ray cluster); the records are the same whatever runs them.
+    ``workers="auto"``: on the CPU, with a profile that fixes the threads per process (smoke: 1), one
+    worker per that many cores; else 1."""
     table, prof = get_table(table_id), get_profile(profile)
     reserve = reserved_per_class(prof)
     if clean_per_class is not None:
@@ -300,7 +302,8 @@ def average_drop(summary: pd.DataFrame, table_id: str) -> pd.DataFrame:
         theirs = {m: np.mean([base.loc[k, f"paper_{m}"] - group.loc[k, f"paper_{m}"] for k in same]) if same
                   else np.nan for m in ("asr", "acc")}
         p = printed.get(defense, {}) if same else {}
-        rows.append({"network": network, "defense": defense, "clean_per_class": per_class, "attacks": len(attacks),
+        rows.append({"network": network, "defense": defense, "clean_per_class": per_class,
+                     "attacks": len(attacks),
                      "asr_drop": ours["asr"], "acc_drop": ours["acc"],
                      "paper_asr_drop_same_attacks": theirs["asr"], "paper_acc_drop_same_attacks": theirs["acc"],
                      "paper_asr_drop_printed": float(p.get("asr_drop_printed") or np.nan),
@@ -320,7 +323,8 @@ def average_drop_markdown(drops: pd.DataFrame) -> str:
     networks = drops["network"].nunique() > 1 if len(drops) else False
     for r in drops.itertuples():
         pair = lambda a, b: "–" if pd.isna(a) else f"{a:.1f} / {b:.1f}"  # noqa: E731
-        lines.append(f"| {r.defense}{f' ({r.network})' if networks else ''} | {r.clean_per_class} | {r.attacks} | {pair(r.asr_drop, r.acc_drop)} | "
+        name = f"{r.defense} ({r.network})" if networks else r.defense
+        lines.append(f"| {name} | {r.clean_per_class} | {r.attacks} | {pair(r.asr_drop, r.acc_drop)} | "
                      f"{pair(r.paper_asr_drop_same_attacks, r.paper_acc_drop_same_attacks)} | "
                      f"{pair(r.paper_asr_drop_printed, r.paper_acc_drop_printed)} | "
                      f"{pair(r.paper_asr_drop_recomputed, r.paper_acc_drop_recomputed)} |")
@@ -352,7 +356,8 @@ def plot(summary: pd.DataFrame, title: str):
     several = frame["clean_per_class"].nunique() > 1
     networks = frame["network"].nunique() > 1 if "network" in frame else False
     frame["row"] = [a + (f" {n}" if networks else "") + (f" ({k}/class)" if several else "")
-                    for a, k, n in zip(frame["attack"], frame["clean_per_class"], frame.get("network", frame["attack"]))]
+                    for a, k, n in zip(frame["attack"], frame["clean_per_class"],
+                                       frame.get("network", frame["attack"]))]
     rows, columns = list(dict.fromkeys(frame["row"])), list(dict.fromkeys(frame["defense"]))
     fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.3 * len(columns), 1.2 + 0.42 * len(rows)), squeeze=False)
     for ax, metric, cmap in zip(axes[0], ("asr", "acc"), ("Reds", "Blues")):
