@@ -58,6 +58,11 @@ def check(argv):
         close = difflib.get_close_matches(args.model, MODELS, n=1)
         raise ValueError(f"unknown model '{args.model}'" + (f"; did you mean '{close[0]}'?" if close else "")
                          + f" (models: {', '.join(MODELS)})")
+    if args.model is not None:  # the tables' data sets are 32x32 images (CIFAR-10, synthetic)
+        size = MODELS[args.model](num_classes=10, width=0.125).input_size
+        if tuple(size) != (32, 32):
+            raise ValueError(f"model '{args.model}' takes {size[0]}x{size[1]} images; the tables' data are 32x32 "
+                             f"(use it on your own data: see the README, 'Purifying your own model')")
     if args.executor not in ("local", "ray"):
         close = difflib.get_close_matches(args.executor, ["local", "ray"], n=1)
         raise ValueError(f"unknown executor '{args.executor}'" + (f"; did you mean '{close[0]}'?" if close else "")

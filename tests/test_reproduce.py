@@ -82,6 +82,7 @@ def _tiny_tarball(path, truncate=False):
     (["nft-table1", "--defenses", "NTF"], "did you mean 'NFT'"),
     (["nft-table1", "--defenses", "FIP"], "nft-table1 has no column .defense. 'FIP'"),
     (["nft-table1", "--clean-per-class", "100000"], r"must be in 1\.\.10"),
+    (["nft-table1", "--model", "resnet50"], "takes 224x224 images"),
     (["nft-table1", "--profile", "cpu", "--data-root", "{tmp}/none"], "CIFAR-10 not found"),
     (["nft-table1", "--profile", "cpu", "--data-root", "{tmp}/cut"], "cifar10.tar.gz' could not be read"),
 ])
