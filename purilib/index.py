@@ -41,7 +41,9 @@ def index_lines(results_dir=None) -> list:
                                for v in records.get("code_version", [])})
             hardware = sorted({str(v) for v in records.get("device_name", []) if isinstance(v, str)})
             files = [f"[table]({table_id}/{folder.name}/table.md)"]
-            files += [f"[figure]({table_id}/{folder.name}/{p.name})" for p in sorted(folder.glob("*.png"))[:1]]
+            # the table's own figure (spectra, t-SNE, ...) before the generic heat map
+            figures = sorted(folder.glob("*.png"), key=lambda p: (p.name == "asr_acc.png", p.name))
+            files += [f"[figure]({table_id}/{folder.name}/{p.name})" for p in figures[:1]]
             lines.append(f"| {table_id} | {folder.name} | {len(summary)} | {asr} | {acc} | {finished} | "
                          f"{', '.join(versions) or '?'} | {', '.join(hardware) or '?'} | {' '.join(files)} |")
     return lines
