@@ -102,7 +102,7 @@ def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, pro
     identity = {"model_key": manifest["key"], "weights_digest": manifest["weights_digest"],
                 "code_version": code_version(), "clean_checksum": clean.checksum(),
                 "defense_config": as_json(defense.config if defense else {})}
-    if table.measures:
+    if table.measures:  # sharpness and trajectory always, as records made before the others existed have them
         identity["measures"] = as_json({"names": list(table.measures), "sharpness": prof.sharpness,
                                          "trajectory": prof.trajectory,
                                          **{m: getattr(prof, m) for m in ("spectrum", "history", "features")

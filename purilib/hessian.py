@@ -181,7 +181,7 @@ def spectral_density(model, data: ImageSet, runs=1, steps=80, seed=0, grid=10000
     generator seeded with ``seed``."""
     model.eval()
     params = _parameters(model)
-    device, dtype = params[0].device, params[0].dtype
+    device = params[0].device
     n = sum(p.numel() for p in params)
     g = generator(seed, device)
     nodes, weights = [], []

@@ -14,11 +14,10 @@ the model in eval mode, every parameter; ACC / ASR of the history on a fixed cla
 import torch
 
 from .checkpoints import load_weights
-from .hessian import broadened_density, lambda_max, spectral_density
+from .hessian import broadened_density, spectral_density
 from .layers import frozen
-from .metrics import evaluate
 from .training import snapshot_paths
-from .trajectory import test_subset
+from .trajectory import measure, test_subset
 
 def spectrum(model, clean, runs=1, steps=80, seed=0) -> dict:
     """The record's spectrum: SLQ nodes and weights per run, lambda_max and the trace they give."""
@@ -42,10 +41,7 @@ def history(model, manifest, clean, test, attack, every=1, test_images=1000, ite
     try:
         for epoch, path in paths.items():
             model.load_state_dict(load_weights(path))
-            point = {"epoch": epoch, **evaluate(model, subset, attack, device=device, bf16=bf16)}
-            with frozen(model, trainable=list(model.parameters())):
-                point["lambda_max"] = lambda_max(model, clean, iterations=iterations)
-            points.append(point)
+            points.append({"epoch": epoch, **measure(model, clean, subset, attack, iterations, device, bf16)})
     finally:
         model.load_state_dict(snapshot)
     return points

@@ -20,25 +20,28 @@ def test_subset(test, images: int):
     return test.subset(class_balanced_split(test.labels, per_class, 0)[0])
 
 
+def measure(model, clean, test, attack, iterations=10, device="cpu", bf16=False) -> dict:
+    """ACC / ASR / RA on ``test`` and lambda_max over ``clean`` of the model as it is now (every
+    parameter; the trainable flags are restored, the model is left in eval mode)."""
+    point = evaluate(model, test, attack, device=device, bf16=bf16)
+    with frozen(model, trainable=list(model.parameters())):
+        point["lambda_max"] = lambda_max(model, clean, iterations=iterations)
+    return point
+
+
 def recorder(points: list, clean, test, attack, every: int, iterations=10, device="cpu", bf16=False):
     def record(step, model):
         if (step + 1) % every:
             return
         training = model.training
-        point = {"step": step + 1, **evaluate(model, test, attack, device=device, bf16=bf16)}
-        with frozen(model, trainable=list(model.parameters())):
-            point["lambda_max"] = lambda_max(model, clean, iterations=iterations)
-        model.train(training)
-        points.append(point)
+        points.append({"step": step + 1, **measure(model, clean, test, attack, iterations, device, bf16)})
+        model.train(training)  # the defense goes on in the mode it was in
     return record
 
 
 def start_point(model, clean, test, attack, iterations=10, device="cpu", bf16=False) -> dict:
     """Step 0: the model before purification."""
-    point = {"step": 0, **evaluate(model, test, attack, device=device, bf16=bf16)}
-    with frozen(model, trainable=list(model.parameters())):
-        point["lambda_max"] = lambda_max(model, clean, iterations=iterations)
-    return point
+    return {"step": 0, **measure(model, clean, test, attack, iterations, device, bf16)}
 
 
 def points_table(records):
