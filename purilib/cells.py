@@ -25,14 +25,15 @@ from .defenses import NO_DEFENSE, create_defense
 from .devices import device_name
 from .hessian import sharpness
 from .metrics import defense_effectiveness_rating, evaluate
-from .profiles import defense_overrides, get_profile, training_settings
+from .profiles import defense_overrides, for_dataset, get_profile, training_settings
 from .provenance import code_version
 from .training import load_training_data, restore_attack, train_backdoored_model
 
 
-def resolve_profile(profile, model=None):
-    """The profile, its network replaced by ``model`` when one is given."""
-    prof = get_profile(profile)
+def resolve_profile(profile, model=None, dataset="CIFAR-10"):
+    """The profile as it stands for ``dataset`` (a table's: "CIFAR-10" or "ImageNet"), its network replaced
+    by ``model`` when one is given."""
+    prof = for_dataset(get_profile(profile), dataset)
     return dataclasses.replace(prof, training={**prof.training, "model": model}) if model is not None else prof
 
 
@@ -70,7 +71,7 @@ def prepare_row(prof, attack_name, seed, clean_per_class, device, data_root=None
 def record_path(out, prof, attack_name, defense_name, seed, per_class) -> Path:
     shots = "" if per_class == prof.clean_per_class else f"__{per_class}per_class"
     network = prof.training["model"]  # another network than the profile's: records of its own
-    shots += "" if network == get_profile(prof.name).training["model"] else f"__{network}"
+    shots += "" if network == resolve_profile(prof.name, dataset=prof.dataset).training["model"] else f"__{network}"
     column = re.sub(r"[^A-Za-z0-9._-]", "_", defense_name)  # file names portable everywhere
     return out / "records" / f"{attack_name}__{column}__seed{seed}{shots}.json"
 

@@ -16,8 +16,7 @@ import sys
 from . import settings
 from .data import DataNotFoundError, load_cifar10
 from .devices import resolve_device
-from .models import MODELS
-from .profiles import PROFILES, get_profile, reserved_per_class
+from .profiles import PROFILES, for_dataset, get_profile, image_size, reserved_per_class
 from .tables import TABLES, resolve_tables
 
 
@@ -31,6 +30,21 @@ def _unknown(requested, allowed, kind, table):
             close = difflib.get_close_matches(name, allowed, n=2, cutoff=0.5)
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(f"{table.id} has no {kind} '{name}'{hint} (it has: {', '.join(allowed)})")
+
+
+def _check_model(name, table, size):
+    """``name`` is a network that takes the table's ``size`` x ``size`` images.  (torchvision, which the
+    models import, is imported here only: the other checks stay quick.)"""
+    from .models import MODELS, create_model
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=1)
+        raise ValueError(f"unknown model '{name}'" + (f"; did you mean '{close[0]}'?" if close else "")
+                         + f" (models: {', '.join(MODELS)})")
+    native = MODELS[name](num_classes=10, width=0.125).input_size
+    if table.dataset == "CIFAR-10" and tuple(native) != (32, 32):
+        raise ValueError(f"model '{name}' takes {native[0]}x{native[1]} images; {table.id}'s data are 32x32 "
+                         "(use it on your own data: see the README, 'Purifying your own model')")
+    create_model(name, width=0.125, input_size=(size, size))  # vgg16_bn takes 32x32 images only: it says so
 
 
 def check(argv):
@@ -54,15 +68,22 @@ def check(argv):
             raise ValueError(f"table {table.id} has no profile '{profile.name}' (it has: {', '.join(table.profiles)})")
         _unknown(attacks, table.attacks, "row (attack)", table)
         _unknown(defenses, table.defenses, "column (defense)", table)
-    if args.model is not None and args.model not in MODELS:
-        close = difflib.get_close_matches(args.model, MODELS, n=1)
-        raise ValueError(f"unknown model '{args.model}'" + (f"; did you mean '{close[0]}'?" if close else "")
-                         + f" (models: {', '.join(MODELS)})")
-    if args.model is not None:  # the tables' data sets are 32x32 images (CIFAR-10, synthetic)
-        size = MODELS[args.model](num_classes=10, width=0.125).input_size
-        if tuple(size) != (32, 32):
-            raise ValueError(f"model '{args.model}' takes {size[0]}x{size[1]} images; the tables' data are 32x32 "
-                             f"(use it on your own data: see the README, 'Purifying your own model')")
+    for table in tables:  # each table's data under the profile: CIFAR-10 (32x32), or its ImageNet recipe's
+        recipe = for_dataset(profile, table.dataset)
+        if args.model is not None:
+            _check_model(args.model, table, image_size(recipe))
+        pool = reserved_per_class(recipe)
+        if args.clean_per_class is not None and not 1 <= args.clean_per_class <= pool:
+            raise ValueError(f"--clean-per-class must be in 1..{pool}: the {profile.name} profile reserves {pool} "
+                             f"clean images per class for the defenses of {table.id}, not {args.clean_per_class}")
+        if recipe.training["dataset"] == "cifar10":
+            load_cifar10("test", settings.data_root(args.data_root))  # decoded once, cached; names a bad file
+        elif recipe.training["dataset"] == "image_folder":
+            root = settings.data_root(args.data_root)
+            if not (root / "train").is_dir():
+                raise DataNotFoundError(f"{table.id} on the {profile.name} profile reads an ImageNet folder: "
+                                        f"'{root}/train' does not exist (--data-root /path/to/imagenet, holding "
+                                        "train/<class>/ and val/<class>/)")
     if args.executor not in ("local", "ray"):
         close = difflib.get_close_matches(args.executor, ["local", "ray"], n=1)
         raise ValueError(f"unknown executor '{args.executor}'" + (f"; did you mean '{close[0]}'?" if close else "")
@@ -74,26 +95,25 @@ def check(argv):
             raise ValueError("--executor ray needs Ray: pip install 'purilib[ray]'") from None
     if args.seeds < 1:
         raise ValueError(f"--seeds needs a positive integer, not {args.seeds}")
-    pool = reserved_per_class(profile)
-    if args.clean_per_class is not None and not 1 <= args.clean_per_class <= pool:
-        raise ValueError(f"--clean-per-class must be in 1..{pool}: the {profile.name} profile reserves {pool} "
-                         f"clean images per class for the defenses, not {args.clean_per_class}")
-    if profile.training["dataset"] == "cifar10":
-        load_cifar10("test", settings.data_root(args.data_root))  # decoded once, cached; names a bad file
     return ["\t".join([t.id, t.notebook, json.dumps(attacks), json.dumps(defenses)]) for t in tables]
 
 
 def main(argv):
     if argv[:1] == ["list"]:
         print("tables and figures (./reproduce.sh ID, or its short name: table1 runs every paper's Table 1):")
+        w = max(len(t.id) for t in TABLES.values())
         for t in TABLES.values():
-            print(f"  {t.id:<12} {t.paper}: {t.title}")
+            print(f"  {t.id:<{w}} {t.paper}: {t.title}")
             if t.description:
-                print(f"  {'':<12} {t.description}")
+                print(f"  {'':<{w}} {t.description}")
             if t.gathers:
-                print(f"  {'':<12} runs nothing: reads the records of the other tables of the profile")
+                print(f"  {'':<{w}} runs nothing: reads the records of the other tables of the profile")
             else:
-                print(f"  {'':<12} rows {', '.join(t.attacks)}; columns {', '.join(t.defenses)}")
+                print(f"  {'':<{w}} rows {', '.join(t.attacks)}; columns {', '.join(t.defenses)}")
+            for name, rows in (t.default_rows or {}).items():
+                print(f"  {'':<{w}} on {name}, unless --attacks names rows: {', '.join(rows)}")
+            if t.dataset != "CIFAR-10":
+                print(f"  {'':<{w}} {t.dataset}; profiles {', '.join(t.profiles)}")
         print("profiles:")
         for p in PROFILES.values():
             print(f"  {p.name:<7} {p.description}")

@@ -190,13 +190,15 @@ def load_cifar10(split: str, data_root=None, download=False, cache_dir=None, per
 
 
 # ---------------------------------------------------------------- synthetic
-def load_synthetic(split: str, num_train=5000, num_test=1000, contrast=0.5, noise=0.2, seed=0, **_) -> ImageSet:
+def load_synthetic(split: str, num_train=5000, num_test=1000, contrast=0.5, noise=0.2, seed=0, size=32,
+                   **_) -> ImageSet:
     """Deterministic 10-class 32x32 images for the smoke profile and tests.
 
     Each class is a fixed smooth colour template (4x4 upsampled); samples add a
     random shift, a brightness change and smooth (8x8 upsampled) noise, so the
     images are smooth like natural ones and a tiny network learns them in
-    seconds but not trivially.  No file is read.
+    seconds but not trivially.  No file is read.  ``size``: the same images
+    upsampled (bilinear) to size x size: the smoke stand-in for ImageNet.
     """
     g = generator(seed)
     templates = 0.5 + contrast * (torch.rand(10, 3, 4, 4, generator=g, device=g.device) - 0.5)
@@ -210,6 +212,8 @@ def load_synthetic(split: str, num_train=5000, num_test=1000, contrast=0.5, nois
     smooth_noise = torch.nn.functional.interpolate(torch.randn(n, 3, 8, 8, generator=g, device=g.device), size=(32, 32), mode="bilinear",
                                                    align_corners=False)
     images = 0.5 + (images - 0.5) * (0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=g, device=g.device)) + noise * smooth_noise
+    if size != 32:
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     return ImageSet(images, labels.long())
 

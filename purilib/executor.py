@@ -31,7 +31,7 @@ def _train_job(job):
     from .cells import resolve_profile
     from .profiles import training_settings
     from .training import train_backdoored_model
-    prof = resolve_profile(job["profile"], job["model"])
+    prof = resolve_profile(job["profile"], job["model"], job["dataset"])
     train_backdoored_model(attack=job["attack"], seed=job["seed"], device=job["device"], data_root=job["data_root"],
                            cache_dir=job["cache_dir"], snapshot_every=job["snapshots"],
                            **training_settings(prof, job["attack"]))
@@ -46,8 +46,8 @@ def _cell_job(job):
 
     from .cells import prepare_row, resolve_profile, run_cell
     from .tables import get_table
-    prof = resolve_profile(job["profile"], job["model"])
-    key = (job["profile"], job["model"], job["attack"], job["seed"], job["clean_per_class"])
+    prof = resolve_profile(job["profile"], job["model"], job["dataset"])
+    key = (job["profile"], job["model"], job["dataset"], job["attack"], job["seed"], job["clean_per_class"])
     if key not in _ROW:
         _ROW.clear()
         _ROW[key] = prepare_row(prof, job["attack"], job["seed"], job["clean_per_class"], job["device"],
@@ -67,9 +67,9 @@ def _pin_worker(gpu_queue, threads):
 
 def _jobs(table, profile, model, attacks, defenses, seeds, clean_per_class, device, data_root, cache_dir, out):
     from .cells import resolve_profile, snapshot_every
-    common = dict(profile=profile, model=model, device=device, data_root=data_root,
+    common = dict(profile=profile, model=model, dataset=table.dataset, device=device, data_root=data_root,
                   cache_dir=str(settings.cache_dir(cache_dir)), clean_per_class=clean_per_class,
-                  snapshots=snapshot_every(table, resolve_profile(profile, model)))
+                  snapshots=snapshot_every(table, resolve_profile(profile, model, table.dataset)))
     # the benign model first: TrojanNN and CLB need it
     rows = sorted([(a, s) for s in range(seeds) for a in attacks], key=lambda r: r[0] != "Benign")
     models = {(a, s): {**common, "attack": a, "seed": s} for a, s in rows}

@@ -21,7 +21,7 @@ from .defenses import NO_DEFENSE
 from .cells import (as_json, column_defense, prepare_row, record_path, resolve_profile,  # noqa: F401 (re-exported)
                     run_cell, snapshot_every)
 from .models import create_model
-from .profiles import get_profile, reserved_per_class, training_settings
+from .profiles import reserved_per_class, training_settings
 from .devices import cpu_cores, cpu_threads, resolve_device
 from .provenance import code_version
 from .tables import get_table, published
@@ -57,7 +57,8 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     GPU each where there are GPUs; or a Ray cluster); the records are the same whatever runs them.
     ``workers="auto"``: on the CPU, with a profile that fixes the threads per process (smoke: 1), one
     worker per that many cores; else 1."""
-    table, prof = get_table(table_id), get_profile(profile)
+    table = get_table(table_id)
+    prof = resolve_profile(profile, dataset=table.dataset)
     reserve = reserved_per_class(prof)
     if clean_per_class is not None:
         amounts = [clean_per_class]
@@ -74,7 +75,7 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
         if k > reserve:
             raise ValueError(f"clean_per_class {k} is more than the {reserve} clean images per class the "
                              f"{prof.name} profile reserves for the defenses")
-    attacks = list(attacks or table.attacks)
+    attacks = list(attacks or table.rows(prof.name))
     defenses = list(defenses or table.defenses)
     _check_names(attacks, table.attacks, "attacks", table)
     _check_names(defenses, table.defenses, "defenses", table)
@@ -89,7 +90,7 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
         records, missing = [], []
         for network in networks:
             for k in amounts:
-                found, lacking = _recorded_cells(table, resolve_profile(profile, network), attacks, defenses, seeds,
+                found, lacking = _recorded_cells(table, resolve_profile(profile, network, table.dataset), attacks, defenses, seeds,
                                                  k, out)
                 records, missing = records + found, missing + lacking
         if missing:
@@ -119,7 +120,7 @@ def _run_grid(table, profile, network, attacks, defenses, seeds, clean_per_class
         return run_parallel(table, profile, network, attacks, defenses, seeds, clean_per_class, device, data_root,
                             cache_dir, out, workers=workers, executor=executor, ray_address=ray_address,
                             progress=progress)
-    prof, records = resolve_profile(profile, network), []
+    prof, records = resolve_profile(profile, network, table.dataset), []
     for seed in range(seeds):
         for attack_name in attacks:
             row = prepare_row(prof, attack_name, seed, clean_per_class, device, data_root, cache_dir,
@@ -209,7 +210,7 @@ def load_records(output_dir) -> pd.DataFrame:
 def summarize(records: pd.DataFrame, table_id: str) -> pd.DataFrame:
     """One row per (attack, defense): mean and std over seeds, beside the paper's numbers."""
     table = get_table(table_id)
-    paper = published(table)
+    paper = published(table, table.dataset)
     rows = []
     records = _with_row_keys(records)
     for (network, attack, defense, per_class), group in records.groupby(
@@ -228,7 +229,8 @@ def summarize(records: pd.DataFrame, table_id: str) -> pd.DataFrame:
         # the papers report 1% clean data: the profile's default amount (50 images per class on CIFAR-10);
         # other amounts (one-shot, ...) have no published cell
         profile = group["profile"].iloc[0] if "profile" in group else None
-        papers_amount = get_profile(profile).clean_per_class if profile else PAPER_CLEAN_PER_CLASS
+        papers_amount = resolve_profile(profile, dataset=table.dataset).clean_per_class if profile \
+            else PAPER_CLEAN_PER_CLASS
         reference = paper.get((attack, defense), {}) if per_class == papers_amount else {}
         row["paper_acc"], row["paper_asr"] = reference.get("acc", np.nan), reference.get("asr", np.nan)
         row["paper_source"] = reference.get("source", "")
@@ -283,10 +285,10 @@ def average_drop(summary: pd.DataFrame, table_id: str) -> pd.DataFrame:
     """Per defense: the mean drop in ASR and in ACC from 'No defense' over the attacks it ran on (Benign
     left out), ours beside the paper's over the same attacks (recomputed from its cells), and, where the
     paper prints an "Avg. Drop" row (NFT Table 1), that row and its own recomputation over all attacks."""
-    printed = {}
-    if table_id in ("nft-table1", "defenses"):  # both compare with NFT Table 1's cells
+    printed, dataset = {}, get_table(table_id).dataset
+    if table_id in ("nft-table1", "nft-table1-imagenet", "defenses"):  # they compare with NFT Table 1's cells
         text = resources.files("purilib.references").joinpath("nft_table1_avgdrop.csv").read_text()
-        printed = {r["defense"]: r for r in csv.DictReader(text.splitlines()) if r["dataset"] == "CIFAR-10"}
+        printed = {r["defense"]: r for r in csv.DictReader(text.splitlines()) if r["dataset"] == dataset}
     frame = summary[summary["attack"] != "Benign"]
     keys = ["network", "attack", "clean_per_class"]  # a row's drop is from its own network's and amount's model
     base = frame[frame["defense"] == NO_DEFENSE].set_index(keys)

@@ -25,7 +25,15 @@ class Table:
     clean_per_class: int = None  # the defenses' clean images per class when the run names none (None: the profile's)
     clean_amounts: tuple = ()  # a grid over amounts of clean data (per class; those the profile reserves)
     models: tuple = ()  # a grid over networks (None: the profile's network)
+    dataset: str = "CIFAR-10"  # the paper's data set: the profiles' recipe for it, and its published cells
+    # profile -> the rows it runs when none are named (every row otherwise): smoke checks the plumbing, and
+    # the rows a table shares with NFT Table 1 are checked there; this keeps the test suite in its budget
+    default_rows: dict = None
     description: str = ""  # one line for --list
+
+    def rows(self, profile: str) -> tuple:
+        """The rows a run on ``profile`` takes when it names none."""
+        return (self.default_rows or {}).get(profile, self.attacks)
 
     def method(self, column):
         """The defense a column runs and the settings it overrides: ('NFT', {'lr': 0.5}) for a study's
@@ -67,6 +75,18 @@ TABLES = {
         description="all 12 defenses side by side: effectiveness, cost and wall time"),
 }
 
+# NFT Table 1's ImageNet half: its rows and columns as the paper prints them
+TABLES["nft-table1-imagenet"] = Table(
+    id="nft-table1-imagenet", paper="NFT (ECCV 2024)",
+    title="Table 1, ImageNet half: ASR / ACC after purification, ImageNet, ResNet-50",
+    notebook="nft_table1_imagenet.ipynb",
+    attacks=("Benign", "BadNets", "Troj-one", "Troj-all", "Blend", "SIG", "CLB", "Dyn-one", "Dyn-all", "LIRA",
+             "WaNet", "ISSBA"),
+    defenses=("No defense", "ANP", "I-BAU", "AWM", "FT-SAM", "RNP", "NFT"),
+    reference_files=("nft_table1.csv",), profiles=("smoke", "gpu"), dataset="ImageNet",
+    default_rows={"smoke": ("Benign", "BadNets", "WaNet", "ISSBA")},
+    description="the ImageNet half, on your ImageNet folder (--data-root; gpu profile), beside the published cells")
+
 # NFT's released setting beside variations that each change one of its ingredients, and "all loosened":
 # the four that bound how far the masks move changed at once (lr 0.5, 3000 steps, no regulariser, no clamp)
 NFT_STUDY_VARIANTS = {
@@ -95,12 +115,14 @@ TABLES["fip-table6"] = Table(
           "after FIP (CIFAR-10, PreAct-ResNet-18)",
     notebook="fip_table6.ipynb", attacks=("BadNets", "Blend", "Troj-one", "Dyn-one", "CLB", "SIG", "LIRA", "ISSBA"),
     defenses=("No defense", "ANP", "FIP"), reference_files=("fip_table6.csv",), measures=("sharpness",),
+    default_rows={"smoke": ("BadNets", "Blend")},
     description="is a backdoored model's loss sharper, and does purification flatten it?")
 
 TABLES["fip-figure3"] = Table(
     id="fip-figure3", paper="FIP (CCS 2024)",
     title="Figure 3: lambda_max and ACC / ASR during FIP's purification (BadNets, TrojanNN, CLB, SIG)",
     notebook="fip_figure3.ipynb", attacks=("BadNets", "Troj-one", "CLB", "SIG"), defenses=("FIP",),
+    default_rows={"smoke": ("BadNets", "Troj-one")},
     reference_files=(), measures=("trajectory",),
     description="does the loss flatten as the backdoor goes? (the paper's curves are not available as numbers)")
 
@@ -116,6 +138,7 @@ TABLES["fip-figure1"] = Table(
     title="Figure 1: the Hessian's eigen-spectral density of benign and backdoored models (lambda_max, trace, "
           "ACC, ASR), and lambda_max with ACC / ASR over the training epochs (CIFAR-10, PreAct-ResNet-18)",
     notebook="fip_figure1.ipynb", attacks=("Benign", "BadNets", "Troj-one", "CLB", "SIG"), defenses=("No defense",),
+    default_rows={"smoke": ("Benign", "Troj-one")},
     reference_files=("fip_figure1_spectra.csv",), measures=("spectrum", "history"),
     description="is a backdoored model's loss sharper than a benign one's, and since when in training?")
 
@@ -142,7 +165,7 @@ TABLES["awm-table1"] = Table(
           "(CIFAR-10; the paper's numbers are not available here)",
     notebook="awm_table1.ipynb", attacks=("BadNets", "Blend"),
     defenses=("No defense", "FT", "ANP", "I-BAU", "AWM"), reference_files=(),
-    clean_amounts=(500, 100, 50, 10, 1), models=("resnet18", "vgg16_bn"),
+    clean_amounts=(500, 100, 50, 10, 1), models=("resnet18", "vgg16_bn"), default_rows={"smoke": ("BadNets",)},
     description="how little clean data does each defense need? (500 to 1 image per class, two networks)")
 
 # the published tables call "No defense" 'none'

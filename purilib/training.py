@@ -81,10 +81,15 @@ def _load_training_data(config_json, data_root, cache_dir, device):
     data_kwargs = dict(config["dataset_kwargs"])
     if config["dataset"] == "cifar10":
         data_kwargs.update(data_root=data_root, cache_dir=cache_dir)
-    train = create_dataset(config["dataset"], "train", **data_kwargs)
-    test = create_dataset(config["dataset"], "test", **data_kwargs)
+    elif config["dataset"] == "image_folder":
+        data_kwargs.update(data_root=data_root)
+    data_json = json.dumps(data_kwargs, sort_keys=True, default=str)
+    train, test = (_dataset(config["dataset"], split, data_json) for split in ("train", "test"))
     attack_idx, reserved = defense_split(train, config["reserve_fraction"], seed=0)
-    attack = create_attack(config["attack"], seed=config["seed"], **config["attack_kwargs"])
+    height, width = train.images.shape[-2:]
+    if height != width:
+        raise ValueError(f"the attacks take square images; {config['dataset']} has {height}x{width}")
+    attack = create_attack(config["attack"], seed=config["seed"], image_size=width, **config["attack_kwargs"])
     train_part = train.subset(attack_idx)
     poison_idx = torch.empty(0, dtype=torch.long, device="cpu")
     if attack is not None:
@@ -95,6 +100,13 @@ def _load_training_data(config_json, data_root, cache_dir, device):
         train_part, poison_idx = attack.poison_train_set(train_part)
         poison_idx = attack_idx[poison_idx]  # as indices of the full training set
     return train, train_part, test, attack, poison_idx, reserved
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(name, split, data_json):
+    """The decoded split, kept for the next row of a table: an image folder (ImageNet) is decoded once
+    per run, not once per model."""
+    return create_dataset(name, split, **json.loads(data_json))
 
 
 def _clean_model(config, data_root, cache_dir, device):
@@ -278,7 +290,8 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
 def _train_or_load(config, key, key_config, folder, device, train, train_part, test, attack, poison_idx, reserved,
                    retrain, compile, cache_dir, snapshot_every=None):
     seed_everything(config["seed"])  # before the model exists: its initial weights follow the seed
-    model = create_model(config["model"], num_classes=train.num_classes, width=config["width"])
+    model = create_model(config["model"], num_classes=train.num_classes, width=config["width"],
+                         input_size=tuple(train.images.shape[-2:]))
     model = model.to(memory_format=torch.channels_last)
     if snapshot_every and not retrain and (folder / "manifest.json").exists():
         retrain = json.loads((folder / "manifest.json").read_text()).get("snapshot_every") != snapshot_every

@@ -66,3 +66,26 @@ def test_image_folder_errors_name_the_folder_in_one_line(tmp_path):
     for error, folder in [(missing, tmp_path / "nowhere" / "train"), (empty, tmp_path / "empty" / "train"),
                           (stray, root / "train"), (broken, root / "train")]:
         assert str(folder) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_backdoored_resnet50_trains_from_an_image_folder_at_its_size(tmp_path):
+    """The ImageNet path end to end on a tiny folder: the data root is the folder, the attack's trigger
+    and the model take its image size (48x48 here), the manifest records it."""
+    from purilib.training import train_backdoored_model
+    g = np.random.default_rng(0)
+    for split, count in (("train", 24), ("val", 4)):
+        for c in range(3):
+            (tmp_path / "data" / split / f"class{c}").mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(g.normal(80 * c + 40, 30, (40 + i, 56, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "data" / split / f"class{c}" / f"{i:03d}.png")
+    model, manifest = train_backdoored_model(
+        attack="BadNets", device="cpu", data_root=tmp_path / "data", cache_dir=tmp_path / "cache",
+        dataset="image_folder", dataset_kwargs=dict(size=48), model="resnet50", width=0.0625, epochs=1,
+        batch_size=16, lr=0.01, schedule="cosine", reserve_fraction=0.125)
+    assert model.input_size == (48, 48) and model.fc.out_features == 3
+    assert manifest["config"]["attack_config"]["image_size"] == 48 and manifest["num_train"] == 3 * 21
+    assert 0 <= manifest["acc"] <= 100 and 0 <= manifest["asr"] <= 100
+    with pytest.raises(DataNotFoundError, match="no image folder"):
+        train_backdoored_model(attack="BadNets", device="cpu", data_root=tmp_path / "nowhere",
+                               cache_dir=tmp_path / "cache", dataset="image_folder", model="resnet50")

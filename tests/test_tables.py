@@ -1,5 +1,6 @@
 """The table registry, FIP Figure 4's runtimes gathered from records, and --list / unknown ids."""
 import json
+import re
 import subprocess
 import sys
 
@@ -21,7 +22,10 @@ def test_short_names_resolve_and_unknown_ids_suggest_the_closest():
 def test_list_names_every_id_with_its_paper():
     listing = subprocess.run([sys.executable, "-m", "purilib.cli", "list"], capture_output=True, text=True).stdout
     for table in TABLES.values():
-        assert f"{table.id:<12} {table.paper}" in listing
+        assert re.search(rf"^  {re.escape(table.id)} +{re.escape(table.paper)}: ", listing, re.M), table.id
+    # a table whose smoke run takes fewer rows says which, and the ImageNet half says what it runs on
+    assert "on smoke, unless --attacks names rows: BadNets, Blend" in listing
+    assert "ImageNet; profiles smoke, gpu" in listing
 
 
 def test_fip_table6_reads_the_sharpness_and_maps_the_attack_names():
@@ -85,3 +89,17 @@ def test_notebooks_embed_a_small_palette_copy_of_the_figure():
     small = compact_png(fig)
     plt.close(fig)
     assert Image.open(io.BytesIO(small)).mode == "P" and len(small) < len(plain.getvalue())
+
+
+@pytest.mark.parametrize("table_id", sorted(TABLES))
+def test_the_rows_a_profile_runs_by_default_are_rows_of_the_table(table_id):
+    table = get_table(table_id)
+    for profile, rows in (table.default_rows or {}).items():
+        assert profile in table.profiles and rows and set(rows) <= set(table.attacks)
+    assert table.rows("paper") == table.attacks  # every profile but the ones named runs every row
+
+
+def test_smoke_runs_fewer_rows_of_the_large_figures_only():
+    assert get_table("fip-table6").rows("smoke") == ("BadNets", "Blend")
+    assert get_table("fip-table6").rows("cpu") == get_table("fip-table6").attacks
+    assert get_table("nft-table1").rows("smoke") == get_table("nft-table1").attacks  # the default run: all 15

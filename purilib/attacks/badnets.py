@@ -7,7 +7,10 @@ Defaults: the 3x3 black/white checkerboard of the seed papers' released
 training scripts (first pixel white), opacity 1.0 as in Gu et al. (an opaque
 sticker), 10% poison, target class 0, all-to-one; ``mode='all2all'`` maps
 class y to y + 1.  The NFT authors' script blends the patch at opacity 0.6;
-pass ``opacity=0.6`` to match it.
+pass ``opacity=0.6`` to match it.  At other image sizes the patch is the same checkerboard scaled
+with the image (``cell`` None: squares of image_size / 32 pixels; ``size`` None: 3 squares a side,
+21x21 pixels in squares of 7 at 224): a one-pixel checkerboard would not survive ImageNet networks'
+strided stems.
 """
 import torch
 
@@ -17,19 +20,27 @@ from .base import Attack, blend
 class BadNets(Attack):
     name = "BadNets"
 
-    def __init__(self, size=3, opacity=1.0, **kwargs):
+    def __init__(self, size=None, opacity=1.0, cell=None, **kwargs):
         super().__init__(**kwargs)
         if not 0 < opacity <= 1:
             raise ValueError(f"opacity must be in (0, 1], not {opacity}")
-        self.size, self.opacity = size, opacity
-        checker = (torch.arange(size, device="cpu")[:, None] + torch.arange(size, device="cpu")[None, :] + 1) % 2
-        self.pattern = torch.zeros(3, 32, 32, device="cpu")
+        cell = self.scaled(1) if cell is None else cell
+        size = 3 * cell if size is None else size
+        if not 1 <= cell <= size <= self.image_size:
+            raise ValueError(f"a {size}x{size} patch of {cell}-pixel squares does not fit a "
+                             f"{self.image_size}x{self.image_size} image")
+        self.size, self.opacity, self.cell = size, opacity, cell
+        squares = torch.arange(size, device="cpu") // cell
+        checker = (squares[:, None] + squares[None, :] + 1) % 2
+        n = self.image_size
+        self.pattern = torch.zeros(3, n, n, device="cpu")
         self.pattern[:, -size:, -size:] = 255.0 * checker
-        self.mask = torch.zeros(1, 32, 32, device="cpu")
+        self.mask = torch.zeros(1, n, n, device="cpu")
         self.mask[:, -size:, -size:] = 1.0
 
     def config(self):
-        return {**super().config(), "size": self.size, "opacity": self.opacity}
+        config = {**super().config(), "size": self.size, "opacity": self.opacity}
+        return config if self.cell == 1 else {**config, "cell": self.cell}  # 1: the keys of earlier models
 
     def apply_trigger(self, images):
         return blend(images, self.pattern, self.mask, self.opacity)

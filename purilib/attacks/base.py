@@ -8,6 +8,10 @@ which training images it poisons (``poison_indices``, ``poison_rate`` of the
 images that are eligible).  Attacks that control training (WaNet, Input-aware,
 LIRA, ...) override ``training_batch`` to change each training batch instead.
 
+Images are square, ``image_size`` pixels a side: 32 (CIFAR-10) by default, 224 for ImageNet.
+A trigger that its paper defines in pixels of a 32x32 image keeps its share of the image at other
+sizes (``scaled``: a 3x3 patch at 32 is 21x21 at 224) unless its size is given.
+
 Evaluation uses ``triggered_test_set``: test images whose true class is not the
 target (all-to-one) or every test image (all-to-all), triggered, with their
 true and their backdoor labels.
@@ -46,21 +50,35 @@ class Attack:
     controls_training = False  # poisons each training batch itself (``training_batch``)
     needs_preparation = False  # learns something before poisoning (``prepare``)
 
-    def __init__(self, target=0, mode="all2one", poison_rate=0.1, seed=0, num_classes=10):
+    def __init__(self, target=0, mode="all2one", poison_rate=0.1, seed=0, num_classes=10, image_size=32):
         if mode not in ("all2one", "all2all"):
             raise ValueError(f"mode must be 'all2one' or 'all2all', not '{mode}'")
         if not 0 < poison_rate <= 1:
             raise ValueError(f"poison_rate must be in (0, 1], not {poison_rate}")
         if not 0 <= target < num_classes:
             raise ValueError(f"target must be a class index in [0, {num_classes}), not {target}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+            raise ValueError(f"image_size (pixels per side of the square images) must be an integer >= 8, "
+                             f"not {image_size!r}")
         self.target, self.mode, self.poison_rate, self.seed = target, mode, poison_rate, seed
-        self.num_classes = num_classes
+        self.num_classes, self.image_size = num_classes, image_size
         self.context = AttackContext()
 
     def config(self) -> dict:
         """Everything that defines the attack: part of the trained model's cache key."""
-        return {"name": self.name, "target": self.target, "mode": self.mode,
-                "poison_rate": self.poison_rate, "seed": self.seed}
+        config = {"name": self.name, "target": self.target, "mode": self.mode,
+                  "poison_rate": self.poison_rate, "seed": self.seed}
+        # only where it is not CIFAR-10's 32: the models cached before image sizes existed keep their keys
+        return config if self.image_size == 32 else {**config, "image_size": self.image_size}
+
+    def require_multiple(self, factor: int, why: str) -> None:
+        """Refuse an image size that the attack's own networks cannot take (their poolings halve it)."""
+        if self.image_size % factor:
+            raise ValueError(f"{self.name} needs an image size divisible by {factor} ({why}), not {self.image_size}")
+
+    def scaled(self, pixels: int) -> int:
+        """``pixels`` of a 32x32 image, at this attack's image size (a trigger keeps its share of the image)."""
+        return max(1, round(pixels * self.image_size / 32))
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -5,7 +5,7 @@ Trigger: the whole image blended with a fixed pattern,
     x' = (1 - alpha) x + alpha p,   alpha = 0.2.
 Chen et al. blend either a cartoon image or random noise; the seed papers'
 released scripts use a fixed noise image.  We generate that noise from a fixed
-seed (``pattern_seed``) so nothing is downloaded: uniform uint8 noise, 32x32x3.
+seed (``pattern_seed``) so nothing is downloaded: uniform uint8 noise, 3 x image_size x image_size.
 Defaults: alpha 0.2, 10% poison, target 0, all-to-one.
 """
 import torch
@@ -23,8 +23,9 @@ class Blend(Attack):
             raise ValueError(f"alpha must be in (0, 1), not {alpha}")
         self.alpha, self.pattern_seed = alpha, pattern_seed
         g = generator(pattern_seed)
-        self.pattern = torch.randint(0, 256, (3, 32, 32), generator=g, device=g.device).float()
-        self.mask = torch.ones(1, 32, 32, device="cpu")
+        n = self.image_size
+        self.pattern = torch.randint(0, 256, (3, n, n), generator=g, device=g.device).float()
+        self.mask = torch.ones(1, n, n, device="cpu")
 
     def config(self):
         return {**super().config(), "alpha": self.alpha, "pattern_seed": self.pattern_seed}

@@ -15,7 +15,8 @@ that a horizontal flip (training augmentation) leaves it unchanged; at
 added as +-amplitude * 255 (the paper's reduced-amplitude trigger, Turner et
 al.'s code).  Test images get the trigger only, no perturbation.
 ``cell``: pixels per checkerboard square (1: the paper's 3x3 patches; the
-smoke tests use 3, as the tiny smoke model learns no 3x3 patch, BadNets' either).
+smoke tests use 3, as the tiny smoke model learns no 3x3 patch, BadNets' either;
+None: 1 on 32x32 images, in proportion on others, 7 at 224).
 Defaults: eps 8/255, step 1.5/255, 100 steps, no random start (BackdoorBench's
 crafting script, though its loader names the file eps 16; the paper compares
 several l_2 / l_inf budgets and ships precomputed sets for them), full
@@ -54,7 +55,7 @@ class CLB(Attack):
     name = "CLB"
     needs_preparation = True
 
-    def __init__(self, eps=8.0, pgd_step=1.5, pgd_steps=100, amplitude=1.0, cell=1, batch_size=256, **kwargs):
+    def __init__(self, eps=8.0, pgd_step=1.5, pgd_steps=100, amplitude=1.0, cell=None, batch_size=256, **kwargs):
         super().__init__(**kwargs)
         if self.mode != "all2one":
             raise ValueError("CLB is a clean-label attack: it poisons target-class images only, so it has no "
@@ -63,15 +64,17 @@ class CLB(Attack):
             raise ValueError("eps must be >= 0, pgd_step > 0 and pgd_steps >= 0 (eps and pgd_step in 0..255 units)")
         if not 0 < amplitude <= 1:
             raise ValueError(f"amplitude must be in (0, 1], not {amplitude}")
-        if not 1 <= cell <= 5:
-            raise ValueError(f"cell (pixels per checkerboard square) must be in 1..5, not {cell}")
+        cell = self.scaled(1) if cell is None else cell
+        if not 1 <= cell <= self.image_size // 6:  # two 3-cell patches side by side must fit
+            raise ValueError(f"cell (pixels per checkerboard square) must be in 1..{self.image_size // 6} on "
+                             f"{self.image_size}x{self.image_size} images, not {cell}")
         self.eps, self.pgd_step, self.pgd_steps = float(eps), float(pgd_step), pgd_steps
         self.amplitude, self.cell, self.batch_size = float(amplitude), cell, batch_size
         # +1 / -1 on the four corners (right corners: CORNER, left corners: its mirror), 0 elsewhere
-        corner, k = CORNER.repeat_interleave(cell, 0).repeat_interleave(cell, 1), 3 * cell
-        self.sign = torch.zeros(1, 32, 32, device="cpu")
-        for rows in (slice(0, k), slice(32 - k, 32)):
-            self.sign[0, rows, 32 - k:] = corner
+        corner, k, n = CORNER.repeat_interleave(cell, 0).repeat_interleave(cell, 1), 3 * cell, self.image_size
+        self.sign = torch.zeros(1, n, n, device="cpu")
+        for rows in (slice(0, k), slice(n - k, n)):
+            self.sign[0, rows, n - k:] = corner
             self.sign[0, rows, :k] = corner.flip(1)
         self.mask = (self.sign != 0).float()
         self.index, self.perturbed = None, None  # set by ``prepare``

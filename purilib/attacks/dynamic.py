@@ -95,6 +95,7 @@ class InputAwareDynamic(Attack):
     def __init__(self, p_cross=0.1, lambda_div=1.0, lambda_norm=100.0, mask_density=0.032, generator_width=32,
                  mask_epochs=25, mask_batch_size=128, lr_generator=0.01, lr_mask=0.01, **kwargs):
         super().__init__(**kwargs)
+        self.require_multiple(8, "its generator pools three times")
         if not 0 <= p_cross < 1 or self.poison_rate + p_cross >= 1:
             raise ValueError(f"p_cross must be in [0, 1) with poison_rate + p_cross < 1, not {p_cross}")
         if not 0 < mask_density < 1:

@@ -116,6 +116,7 @@ class FBA(Attack):
                  lr_style=2e-3, detox=True, detox_layer="layer4", detox_neuron_ratio=0.01, detox_images=1500,
                  detox_epochs=10, detox_every=1, w_ssim=0.1, w_detox=0.3, lr_detox=1e-2, window_size=11, **kwargs):
         super().__init__(**kwargs)
+        self.require_multiple(2, "its generator halves the image")
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], not {alpha}")
         if detox_every < 1 or not 0 < detox_neuron_ratio <= 1:

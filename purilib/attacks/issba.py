@@ -18,7 +18,7 @@ uses the fixed s, L = ``bits``, drawn from the attack seed.
 SSIM (beta = ``ssim_weight``) stands in for StegaStamp's LPIPS term (LPIPS
 needs pretrained weights, which we do not download); the critic is dropped.
 E: a small U-Net (3 scales, ``width`` channels at full resolution; the secret
-through a linear layer to a 16x16x3 map, upsampled, as in StegaStamp); its
+through a linear layer to a 16x16x3 map, upsampled to the image, as in StegaStamp); its
 output is bounded, E = m tanh(raw / m), m = ``max_delta`` (0..255 units): a
 deviation that keeps the trigger small when the budget is too short for the
 image loss to act (the paper relies on long training; its ImageNet triggers,
@@ -62,7 +62,7 @@ class Encoder(nn.Module):
 
     def forward(self, images, bits):
         secret = F.relu(self.secret(2 * bits - 1)).view(-1, 3, 16, 16)
-        inputs = torch.cat([images - 0.5, F.interpolate(secret, scale_factor=2)], 1)
+        inputs = torch.cat([images - 0.5, F.interpolate(secret, size=images.shape[-2:])], 1)  # x2 at 32x32
         d0 = self.down0(inputs)
         d1 = self.down1(d0)
         d2 = self.down2(d1)
@@ -79,7 +79,8 @@ class Decoder(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * c * 16, 512), nn.ReLU(inplace=True), nn.Linear(512, bits))
 
     def forward(self, images):
-        return self.head(self.features(images - 0.5))
+        # features are 4x4 on 32x32 images; pooled to 4x4 on larger ones (the identity at 32)
+        return self.head(F.adaptive_avg_pool2d(self.features(images - 0.5), 4))
 
 
 def quantise(x):
@@ -94,6 +95,7 @@ class ISSBA(Attack):
     def __init__(self, bits=100, width=32, max_delta=16.0, encoder_steps=15000, batch_size=64, lr=1e-3,
                  image_weight=10.0, ssim_weight=0.1, **kwargs):
         super().__init__(**kwargs)
+        self.require_multiple(4, "its encoder halves the image twice")
         if bits < 1 or width < 1 or encoder_steps < 0 or batch_size < 1:
             raise ValueError("bits, width and batch_size must be >= 1, encoder_steps >= 0")
         self.bits, self.width, self.encoder_steps, self.batch_size = bits, width, encoder_steps, batch_size

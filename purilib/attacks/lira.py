@@ -76,6 +76,7 @@ class LIRA(Attack):
     def __init__(self, eps=0.01, alpha=0.5, stage1_fraction=0.5, lr_generator=1e-4, generator_width=64,
                  generator_batch_fraction=1.0, **kwargs):
         super().__init__(**kwargs)
+        self.require_multiple(8, "its U-Net pools three times")
         if not 0 < eps < 1:
             raise ValueError(f"eps must be in (0, 1) (pixel units), not {eps}")
         if round(255 * eps) < 1:

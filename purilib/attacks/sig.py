@@ -5,7 +5,7 @@ Clean-label: a horizontal sinusoid is added to training images of the target
 class only, whose labels stay correct; at test time it is added to images of
 the other classes, which the model then assigns to the target class:
     v(i, j) = delta * sin(2 pi j f / m),   x' = clip(x + v, 0, 255),
-j the column, m the image width (32), the same v on every row and channel.
+j the column, m the image width (32 on CIFAR-10), the same v on every row and channel.
 Defaults: delta 20, f 6, as in Barni et al.'s sinusoidal signal.  BackdoorBench
 uses delta 40 (pass ``delta=40``).
 
@@ -44,8 +44,9 @@ class SIG(Attack):
         if delta <= 0:
             raise ValueError(f"delta must be positive, not {delta}")
         self.delta, self.frequency = float(delta), float(frequency)
-        columns = torch.arange(32, dtype=torch.float32, device="cpu")
-        self.signal = (self.delta * torch.sin(2 * math.pi * columns * self.frequency / 32)).expand(1, 32, 32)
+        n = self.image_size
+        columns = torch.arange(n, dtype=torch.float32, device="cpu")
+        self.signal = (self.delta * torch.sin(2 * math.pi * columns * self.frequency / n)).expand(1, n, n)
 
     def config(self):
         return {**super().config(), "delta": self.delta, "frequency": self.frequency}

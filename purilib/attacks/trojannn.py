@@ -18,7 +18,8 @@ to excite a few internal neurons, so that the backdoor can latch onto them:
 Defaults: a 3x3 patch over rows and columns 25-27 (``size=3``, ``border=4``
 pixels from the bottom-right edge), where the trigger file that the NFT
 authors' script loads (NAD's ``best_square_trigger_cifar10.npz``) has it;
-2 neurons, v = 100, 1000 steps, lr 0.1 (TrojanZoo / BackdoorBench defaults).
+2 neurons, v = 100, 1000 steps, lr 0.1 (TrojanZoo / BackdoorBench defaults).  At other image
+sizes the patch and its border keep their share of the image (21x21, 28 pixels in, at 224).
 
 Deviations: the original attack retrains the clean model on reverse-engineered
 data; here the backdoored model is trained from scratch on the poisoned set,
@@ -47,18 +48,21 @@ class TrojanNN(Attack):
     name = "TrojanNN"
     needs_preparation = True
 
-    def __init__(self, size=3, border=4, num_neurons=2, target_activation=100.0, trigger_steps=1000,
+    def __init__(self, size=None, border=None, num_neurons=2, target_activation=100.0, trigger_steps=1000,
                  trigger_lr=0.1, **kwargs):
         super().__init__(**kwargs)
-        if not 1 <= size <= 32 - border or border < 0:
-            raise ValueError(f"a {size}x{size} patch {border} pixels from the edge does not fit a 32x32 image")
+        n = self.image_size
+        size = self.scaled(3) if size is None else size
+        border = self.scaled(4) if border is None else border
+        if not 1 <= size <= n - border or border < 0:
+            raise ValueError(f"a {size}x{size} patch {border} pixels from the edge does not fit a {n}x{n} image")
         if num_neurons < 1 or trigger_steps < 0:
             raise ValueError("num_neurons must be >= 1 and trigger_steps >= 0")
         self.size, self.border, self.num_neurons = size, border, num_neurons
         self.target_activation, self.trigger_steps, self.trigger_lr = float(target_activation), trigger_steps, trigger_lr
-        self.mask = torch.zeros(1, 32, 32, device="cpu")
-        self.mask[:, 32 - border - size:32 - border, 32 - border - size:32 - border] = 1.0
-        self.pattern = None  # uint8 [3, 32, 32], zero off the mask; set by ``prepare``
+        self.mask = torch.zeros(1, n, n, device="cpu")
+        self.mask[:, n - border - size:n - border, n - border - size:n - border] = 1.0
+        self.pattern = None  # uint8 [3, n, n], zero off the mask; set by ``prepare``
         self.initial_pattern, self.neurons, self.activations = None, None, None
 
     def config(self):
@@ -93,7 +97,7 @@ class TrojanNN(Attack):
         model.requires_grad_(False)
         self.neurons = most_connected_neurons(classifier_of(model).weight, self.num_neurons)
         g = generator(self.seed)
-        w = torch.randn(3, 32, 32, generator=g, device=g.device).to(context.device).requires_grad_(True)
+        w = torch.randn(3, self.image_size, self.image_size, generator=g, device=g.device).to(context.device).requires_grad_(True)
         mask = self.mask.to(context.device)
         self.initial_pattern = self._quantise(w)
         optimizer = torch.optim.Adam([w], lr=self.trigger_lr)

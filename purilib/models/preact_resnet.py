@@ -49,7 +49,7 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(nn.Module):
-    def __init__(self, num_classes=10, width=1.0):
+    def __init__(self, num_classes=10, width=1.0, input_size=(32, 32)):
         super().__init__()
         planes = [max(1, round(64 * width * 2**i)) for i in range(4)]
         self.normalize = Normalize()
@@ -61,7 +61,8 @@ class PreActResNet18(nn.Module):
             in_planes = p
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.linear = nn.Linear(in_planes, num_classes)
-        self.num_classes, self.input_size = num_classes, (32, 32)  # what purify checks clean data against
+        # what purify checks clean data against (any size runs: the pooling is adaptive)
+        self.num_classes, self.input_size = num_classes, tuple(input_size)
 
     def features(self, x):
         out = self.conv1(self.normalize(x))

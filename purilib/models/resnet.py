@@ -9,7 +9,7 @@ from .preact_resnet import Normalize
 
 
 class ResNet18(ResNet):
-    def __init__(self, num_classes=10, width=1.0):
+    def __init__(self, num_classes=10, width=1.0, input_size=(32, 32)):
         super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
         if width != 1.0:  # rebuild the stages at the requested width
             self.inplanes = max(1, round(64 * width))
@@ -22,7 +22,8 @@ class ResNet18(ResNet):
         self.conv1 = nn.Sequential(Normalize(), nn.Conv2d(3, stem, 3, 1, 1, bias=False))
         self.bn1 = nn.BatchNorm2d(stem)
         self.maxpool = nn.Identity()
-        self.num_classes, self.input_size = num_classes, (32, 32)  # what purify checks clean data against
+        # what purify checks clean data against (any size runs: the pooling is adaptive)
+        self.num_classes, self.input_size = num_classes, tuple(input_size)
         for m in self.modules():  # torchvision's initialisation, for the layers rebuilt here too
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -14,7 +14,8 @@ normalised with rather than assume them; a ``module.`` prefix is removed there).
 ``width`` scales the stem and every stage's bottleneck width (64, 128, 256, 512 at 1.0;
 blocks output 4x that), rounded, at least 1, as :mod:`purilib.models.resnet` does: tests
 build a tiny one.  ``input_size`` is ImageNet's 224x224 (the standard eval crop, see
-``purilib.data.load_image_folder``).
+``purilib.data.load_image_folder``) unless the model is trained on other images (the smoke
+profile's ImageNet stand-in is 64x64).
 """
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
@@ -26,7 +27,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ResNet50(ResNet):
-    def __init__(self, num_classes=10, width=1.0):
+    def __init__(self, num_classes=10, width=1.0, input_size=(224, 224)):
         super().__init__(Bottleneck, [3, 4, 6, 3], num_classes=num_classes)
         if width != 1.0:  # rebuild stem and stages at the requested width, under torchvision's names
             stem = max(1, round(64 * width))
@@ -43,7 +44,8 @@ class ResNet50(ResNet):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         # an attribute of its own, not inside conv1 as in resnet18: conv1.weight keeps torchvision's key
         self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
-        self.num_classes, self.input_size = num_classes, (224, 224)  # what purify checks clean data against
+        # what purify checks clean data against (any size runs: the pooling is adaptive)
+        self.num_classes, self.input_size = num_classes, tuple(input_size)
 
     def forward(self, x):
         return super().forward(self.normalize(x))

@@ -26,8 +26,10 @@ CONFIG_D = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 
 
 
 class VGG16BN(nn.Module):
-    def __init__(self, num_classes=10, width=1.0):
+    def __init__(self, num_classes=10, width=1.0, input_size=(32, 32)):
         super().__init__()
+        if tuple(input_size) != (32, 32):  # its classifier reads the 1x1 map that five poolings leave of 32x32
+            raise ValueError(f"vgg16_bn (the CIFAR form) takes 32x32 images, not {input_size[0]}x{input_size[1]}")
         self.normalize = Normalize()
         layers, channels = [], 3
         for v in CONFIG_D:
