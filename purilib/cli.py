@@ -47,6 +47,23 @@ def _check_model(name, table, size):
     create_model(name, width=0.125, input_size=(size, size))  # vgg16_bn takes 32x32 images only: it says so
 
 
+def _check_image_folder(root, table, profile):
+    """The ImageNet layout under ``root``: train/<class>/ and val/<class>/ (or test/) with the same classes,
+    so that no label is shifted; checked before hours of decoding."""
+    from .data import image_folder_classes
+    where = f"{table.id} on the {profile.name} profile reads an ImageNet folder (--data-root /path/to/imagenet, " \
+            "holding train/<class>/ and val/<class>/)"
+    test = root / "test" if (root / "test").is_dir() else root / "val"
+    for folder in (root / "train", test):
+        if not folder.is_dir() or not image_folder_classes(folder):
+            raise DataNotFoundError(f"{where}: '{folder}' has no class folders")
+    train_classes, test_classes = image_folder_classes(root / "train"), image_folder_classes(test)
+    if train_classes != test_classes:
+        differ = sorted(set(train_classes) ^ set(test_classes))
+        raise DataNotFoundError(f"{where}: '{root / 'train'}' and '{test}' have different class folders "
+                                f"({len(train_classes)} and {len(test_classes)}; e.g. {', '.join(differ[:3])})")
+
+
 def check(argv):
     parser = argparse.ArgumentParser(prog="purilib.cli check")
     parser.add_argument("table")
@@ -79,11 +96,7 @@ def check(argv):
         if recipe.training["dataset"] == "cifar10":
             load_cifar10("test", settings.data_root(args.data_root))  # decoded once, cached; names a bad file
         elif recipe.training["dataset"] == "image_folder":
-            root = settings.data_root(args.data_root)
-            if not (root / "train").is_dir():
-                raise DataNotFoundError(f"{table.id} on the {profile.name} profile reads an ImageNet folder: "
-                                        f"'{root}/train' does not exist (--data-root /path/to/imagenet, holding "
-                                        "train/<class>/ and val/<class>/)")
+            _check_image_folder(settings.data_root(args.data_root), table, profile)
     if args.executor not in ("local", "ray"):
         close = difflib.get_close_matches(args.executor, ["local", "ray"], n=1)
         raise ValueError(f"unknown executor '{args.executor}'" + (f"; did you mean '{close[0]}'?" if close else "")

@@ -21,7 +21,7 @@ from .defenses import NO_DEFENSE
 from .cells import (as_json, column_defense, prepare_row, record_path, resolve_profile,  # noqa: F401 (re-exported)
                     run_cell, snapshot_every)
 from .models import create_model
-from .profiles import reserved_per_class, training_settings
+from .profiles import image_size, reserved_per_class, training_settings
 from .devices import cpu_cores, cpu_threads, resolve_device
 from .provenance import code_version
 from .tables import get_table, published
@@ -84,7 +84,7 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     networks = [model] if model is not None else list(table.models or [None])
     for network in networks:
         if network is not None:
-            create_model(network)  # an unknown name fails here, before anything runs
+            create_model(network, input_size=(image_size(prof),) * 2)  # an unknown name or size fails here, first
     out = output_dir_for(table_id, profile, output_dir)
     if from_records:
         records, missing = [], []

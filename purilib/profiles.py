@@ -127,6 +127,22 @@ PROFILES = {
 }
 
 
+def _budgets(size):
+    """The defenses' input-space perturbation budgets at ``size`` x ``size``: their papers give them for 32x32
+    (AWM's L1 radius, I-BAU's L2 radius); scaled with the pixels (L1) or their square root (L2), they allow the
+    same perturbation per pixel.  Ours: the papers do not say what they used on ImageNet."""
+    from .defenses.awm import DEFAULTS as AWM
+    from .defenses.ibau import DEFAULTS as IBAU
+    area = (size / 32) ** 2
+    return {"AWM": dict(trigger_norm=AWM["trigger_norm"] * area, few_shot_trigger_norm=AWM["few_shot_trigger_norm"] * area),
+            "I-BAU": dict(norm_bound=IBAU["norm_bound"] * area ** 0.5)}
+
+
+def _merged(overrides, more):
+    """Per defense, ``overrides`` updated with ``more``."""
+    return {name: {**overrides.get(name, {}), **more.get(name, {})} for name in {**overrides, **more}}
+
+
 # The ImageNet half of NFT's Table 1: what a profile changes of its CIFAR-10 recipe (the profiles not named
 # here have none).  Neither recipe has been run on ImageNet: this machine has neither ImageNet nor a GPU.
 IMAGENET = {
@@ -137,7 +153,8 @@ IMAGENET = {
     "smoke": dict(training=dict(dataset_kwargs=dict(num_train=2000, num_test=500, size=64), model="resnet50"),
                   attack_overrides={**PROFILES["smoke"].attack_overrides, "BadNets": dict(size=24, cell=8),
                                     "TrojanNN": {**PROFILES["smoke"].attack_overrides["TrojanNN"], "size": 16},
-                                    "CLB": {**PROFILES["smoke"].attack_overrides["CLB"], "cell": 6}}),
+                                    "CLB": {**PROFILES["smoke"].attack_overrides["CLB"], "cell": 6}},
+                  defense_overrides=_merged(PROFILES["smoke"].defense_overrides, _budgets(64))),
     # the user's ImageNet folder (the data root: train/<class>/*.JPEG, val/<class>/*.JPEG) at 224x224 with
     # ResNet-50.  The data stay resident as uint8, as for CIFAR-10, and all of ImageNet-1k would take 193 GB:
     # the recipe reads the first 100 images of each class (100k, 15 GB; val: its 50 per class), reserves 10 per
@@ -146,7 +163,7 @@ IMAGENET = {
     "gpu": dict(training=dict(dataset="image_folder", dataset_kwargs=dict(size=224, per_class=100), model="resnet50",
                               width=1.0, epochs=40, batch_size=256, lr=0.1, momentum=0.9, schedule="cosine",
                               warmup_epochs=2, weight_decay=1e-4, bf16=True, reserve_fraction=0.1),
-                clean_per_class=10,
+                clean_per_class=10, defense_overrides=_budgets(224),
                 description="the user's ImageNet folder, first 100 images per class, ResNet-50 at 224x224, "
                             "40 epochs (GPU; not yet run)"),
 }
@@ -196,7 +213,10 @@ def image_size(profile: Profile) -> int:
 def reserved_per_class(profile: Profile, num_classes=10) -> int:
     """Clean images per class the profile reserves for the defenses (the most ``clean_per_class`` may ask)."""
     kwargs = profile.training.get("dataset_kwargs", {})
-    if kwargs.get("per_class") is not None:  # an image folder read per class
+    if kwargs.get("per_class") is not None:  # an image folder read per class (each class has that many)
         return int(round(kwargs["per_class"] * profile.training.get("reserve_fraction", 0.05)))
+    if profile.training["dataset"] not in TRAINING_IMAGES:
+        raise ValueError(f"the {profile.name} profile's {profile.training['dataset']} recipe names no size: give its "
+                         "dataset_kwargs per_class (images read per class)")
     images = kwargs.get("num_train") or TRAINING_IMAGES[profile.training["dataset"]]
     return int(round(images * profile.training.get("reserve_fraction", 0.05) / num_classes))

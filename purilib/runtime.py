@@ -1,7 +1,7 @@
 """FIP (CCS 2024) Figure 4: average purification runtime per defense, from the records already made.
 
 A record holds the wall seconds of its defense on its model, the hardware (``device_name``) and how
-busy the host was (``load_average_1min``).  ``collect`` gathers the records of every table of a
+busy the host was (``load_average_1min``).  ``collect`` gathers the records of every CIFAR-10 table of a
 profile (one per (attack, defense, seed, model weights), the latest kept); ``average`` averages each
 defense's seconds over the attacks it ran on, beside the paper's RTX 3090 seconds (averaged there
 over the 14 CIFAR-10 attacks).  Nothing is run here: a defense without records has no bar.
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import settings
-from .tables import get_table
+from .tables import TABLES, get_table
 
 
 def collect(profile: str, results_dir=None) -> pd.DataFrame:
@@ -25,6 +25,9 @@ def collect(profile: str, results_dir=None) -> pd.DataFrame:
     root = Path(results_dir) if results_dir else settings.results_dir()
     rows = []
     for path in sorted(root.glob(f"*/{profile}/records/*.json")):
+        table = path.parts[-4]
+        if table in TABLES and get_table(table).dataset != "CIFAR-10":
+            continue  # the paper's seconds are CIFAR-10's: ImageNet runtimes are not comparable
         record = json.loads(path.read_text())
         if not record.get("device_name"):
             continue  # made before records named their hardware: a runtime on unknown hardware says nothing

@@ -89,7 +89,10 @@ def _load_training_data(config_json, data_root, cache_dir, device):
     height, width = train.images.shape[-2:]
     if height != width:
         raise ValueError(f"the attacks take square images; {config['dataset']} has {height}x{width}")
-    attack = create_attack(config["attack"], seed=config["seed"], image_size=width, **config["attack_kwargs"])
+    if train.num_classes != test.num_classes:
+        raise ValueError(f"the training and test splits have {train.num_classes} and {test.num_classes} classes")
+    attack = create_attack(config["attack"], seed=config["seed"], image_size=width, num_classes=train.num_classes,
+                           **config["attack_kwargs"])
     train_part = train.subset(attack_idx)
     poison_idx = torch.empty(0, dtype=torch.long, device="cpu")
     if attack is not None:

@@ -74,6 +74,8 @@ def test_poisoned_images_are_disjoint_from_the_defense_pool():
     ("BadNets", {"poison_rate": 1.5}, "poison_rate"),
     ("Blend", {"alpha": 2}, "alpha"),
     ("BadNets", {"target": 10}, "target"),
+    ("BadNets", {"size": 40}, "does not fit a 32x32 image"),
+    ("BadNets", {"size": 3, "image_size": 224}, r"squares \(7 pixels\) must be 1 to the patch's 3"),
 ])
 def test_bad_attack_settings_are_refused_clearly(name, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -86,6 +86,12 @@ def test_a_backdoored_resnet50_trains_from_an_image_folder_at_its_size(tmp_path)
     assert model.input_size == (48, 48) and model.fc.out_features == 3
     assert manifest["config"]["attack_config"]["image_size"] == 48 and manifest["num_train"] == 3 * 21
     assert 0 <= manifest["acc"] <= 100 and 0 <= manifest["asr"] <= 100
+    # all-to-all over the folder's 3 classes, not CIFAR-10's 10
+    _, manifest = train_backdoored_model(
+        attack="BadNets-all", device="cpu", data_root=tmp_path / "data", cache_dir=tmp_path / "cache",
+        dataset="image_folder", dataset_kwargs=dict(size=48), model="resnet50", width=0.0625, epochs=1,
+        batch_size=16, lr=0.01, schedule="cosine", reserve_fraction=0.125)
+    assert manifest["config"]["attack_config"]["num_classes"] == 3
     with pytest.raises(DataNotFoundError, match="no image folder"):
         train_backdoored_model(attack="BadNets", device="cpu", data_root=tmp_path / "nowhere",
                                cache_dir=tmp_path / "cache", dataset="image_folder", model="resnet50")

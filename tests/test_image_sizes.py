@@ -34,8 +34,9 @@ def test_patch_triggers_keep_their_share_of_a_224_image():
 def test_32_pixel_attacks_keep_their_configuration_and_trigger():
     """The cache keys of every model trained before image sizes existed stay valid."""
     for name in IMAGENET_ROWS:
-        assert "image_size" not in create_attack(name).config()
+        assert "image_size" not in create_attack(name).config() and "num_classes" not in create_attack(name).config()
         assert create_attack(name, image_size=64).config()["image_size"] == 64
+    assert create_attack("Troj-all", num_classes=1000).target_labels(torch.tensor([9, 999])).tolist() == [10, 0]
     assert create_attack("BadNets").size == 3 and create_attack("CLB").cell == 1
     assert create_attack("Troj-one").mask[0, 25:28, 25:28].all() and create_attack("Troj-one").mask.sum() == 9
 
@@ -50,6 +51,13 @@ def test_32_pixel_attacks_keep_their_configuration_and_trigger():
 def test_sizes_an_attack_cannot_take_are_refused(name, size, message):
     with pytest.raises(ValueError, match=message):
         create_attack(name, image_size=size)
+
+
+@pytest.mark.parametrize("name", ["BadNets", "Blend", "SIG", "WaNet"])
+def test_triggering_a_chunk_at_a_time_gives_the_same_images(name):
+    attack = create_attack(name, image_size=64)
+    images = create_dataset("synthetic", "test", num_test=7, size=64).images
+    assert torch.equal(attack.trigger_in_chunks(images, chunk=3), attack.apply_trigger(images))
 
 
 def test_models_take_the_size_they_are_trained_on():
@@ -85,7 +93,29 @@ def test_the_imagenet_half_runs_on_smoke_with_resnet50_at_64_pixels(tmp_path):
     assert summary["acc"].between(0, 100).all()
 
 
+def test_the_imagenet_recipes_scale_the_defenses_perturbation_budgets_with_the_image():
+    """AWM's L1 radius with the pixels, I-BAU's L2 radius with their square root; the smoke budget kept."""
+    from purilib.cells import resolve_profile
+    from purilib.profiles import defense_overrides
+    gpu, smoke = resolve_profile("gpu", dataset="ImageNet"), resolve_profile("smoke", dataset="ImageNet")
+    assert defense_overrides(gpu, "AWM")["trigger_norm"] == 1000 * 49 and defense_overrides(gpu, "I-BAU")["norm_bound"] == 70
+    assert defense_overrides(smoke, "I-BAU") == {"steps": 5, "batch_size": 32, "rounds": 2, "norm_bound": 20.0}
+
+
 def test_profiles_without_an_imagenet_recipe_say_so():
     from purilib.experiment import run_table
     with pytest.raises(ValueError, match="cpu profile has no ImageNet recipe"):
         run_table("nft-table1-imagenet", profile="cpu")
+    with pytest.raises(ValueError, match="takes 32x32 images, not 64x64"):  # refused before anything runs
+        run_table("nft-table1-imagenet", profile="smoke", model="vgg16_bn")
+
+
+def test_an_imagenet_folder_is_checked_before_it_is_decoded(tmp_path, capsys):
+    from purilib.cli import main
+    for split, classes in (("train", ["n01", "n02", "n03"]), ("val", ["n01", "n03"])):
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+    assert main(["check", "nft-table1-imagenet", "gpu", "--data-root", str(tmp_path)]) == 2
+    assert "have different class folders (3 and 2; e.g. n02)" in capsys.readouterr().err
+    (tmp_path / "val" / "n02").mkdir()
+    assert main(["check", "nft-table1-imagenet", "gpu", "--data-root", str(tmp_path)]) == 0

@@ -50,6 +50,7 @@ def test_runtimes_average_each_defense_over_the_records_of_every_table(tmp_path)
     _record(tmp_path / "defenses" / "cpu" / "records", "BadNets", "No defense", 0.0)
     _record(tmp_path / "defenses" / "gpu" / "records", "BadNets", "FIP", 7.0)  # another profile
     _record(tmp_path / "defenses" / "cpu" / "records", "Blend", "RNP", 9.0, hardware="")  # unknown hardware
+    _record(tmp_path / "nft-table1-imagenet" / "cpu" / "records", "WaNet", "FIP", 50.0)  # ImageNet: not comparable
     table = runtime.average(runtime.collect("cpu", tmp_path), get_table("fip-figure4").defenses).set_index("defense")
     assert table.loc["ANP", "seconds"] == 200.0 and table.loc["ANP", "records"] == 2
     assert table.loc["ANP", "attacks"] == "BadNets, Blend" and table.loc["ANP", "paper_seconds"] == 118.1

@@ -26,9 +26,10 @@ class BadNets(Attack):
             raise ValueError(f"opacity must be in (0, 1], not {opacity}")
         cell = self.scaled(1) if cell is None else cell
         size = 3 * cell if size is None else size
-        if not 1 <= cell <= size <= self.image_size:
-            raise ValueError(f"a {size}x{size} patch of {cell}-pixel squares does not fit a "
-                             f"{self.image_size}x{self.image_size} image")
+        if not 1 <= size <= self.image_size:
+            raise ValueError(f"a {size}x{size} patch does not fit a {self.image_size}x{self.image_size} image")
+        if not 1 <= cell <= size:
+            raise ValueError(f"the checkerboard's squares ({cell} pixels) must be 1 to the patch's {size} pixels")
         self.size, self.opacity, self.cell = size, opacity, cell
         squares = torch.arange(size, device="cpu") // cell
         checker = (squares[:, None] + squares[None, :] + 1) % 2

@@ -68,8 +68,9 @@ class Attack:
         """Everything that defines the attack: part of the trained model's cache key."""
         config = {"name": self.name, "target": self.target, "mode": self.mode,
                   "poison_rate": self.poison_rate, "seed": self.seed}
-        # only where it is not CIFAR-10's 32: the models cached before image sizes existed keep their keys
-        return config if self.image_size == 32 else {**config, "image_size": self.image_size}
+        # only where they are not CIFAR-10's: the models cached before they were recorded keep their keys
+        config.update({} if self.image_size == 32 else {"image_size": self.image_size})
+        return config if self.num_classes == 10 else {**config, "num_classes": self.num_classes}
 
     def require_multiple(self, factor: int, why: str) -> None:
         """Refuse an image size that the attack's own networks cannot take (their poolings halve it)."""
@@ -108,7 +109,7 @@ class Attack:
             return train, torch.empty(0, dtype=torch.long, device="cpu")
         index = self.poison_indices(train.labels)
         images, labels = train.images.clone(), train.labels.clone()
-        images[index] = self.apply_trigger(images[index])
+        images[index] = self.trigger_in_chunks(images[index])
         labels[index] = self.target_labels(labels[index])
         return ImageSet(images, labels, train.num_classes), index
 
@@ -116,7 +117,14 @@ class Attack:
         """(triggered images, true labels, backdoor labels) of the eligible test images."""
         index = self.eligible(test.labels)
         true = test.labels[index]
-        return self.apply_trigger(test.images[index]), true, self.target_labels(true)
+        return self.trigger_in_chunks(test.images[index]), true, self.target_labels(true)
+
+    def trigger_in_chunks(self, images: torch.Tensor, chunk=2048) -> torch.Tensor:
+        """``apply_trigger`` a chunk of images at a time: a trigger's float copies of a whole ImageNet test
+        set would take tens of GB.  Every trigger is a function of one image, so the result is the same."""
+        if len(images) <= chunk:
+            return self.apply_trigger(images)
+        return torch.cat([self.apply_trigger(part) for part in images.split(chunk)])
 
     def prepare(self, train: ImageSet, context: AttackContext) -> None:
         """Learn what the trigger needs (``needs_preparation``); ``train`` is clean."""
