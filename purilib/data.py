@@ -17,6 +17,7 @@ Registry: ``create_dataset(name, split, ...)`` with ``name`` in
 (``root/<split>/<class>/*.jpg``, e.g. ImageNet) at ``size`` x ``size``: see
 :func:`load_image_folder`.
 """
+import concurrent.futures
 import hashlib
 import os
 import io
@@ -229,7 +230,8 @@ def image_folder_classes(folder) -> list:
     return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
 
 
-def load_image_folder(split: str, root=None, size=224, per_class=None, data_root=None) -> ImageSet:
+def load_image_folder(split: str, root=None, size=224, per_class=None, data_root=None, cache_dir=None,
+                      workers=None) -> ImageSet:
     """``root/<split>/<class>/*.jpg`` (torchvision's ImageFolder layout, any image size) as uint8
     [N, 3, size, size]: each image's shorter side resized to size * 256 / 224, then its central
     size x size crop (the standard ImageNet eval transform; 256 -> 224 at the default size).
@@ -238,7 +240,10 @@ def load_image_folder(split: str, root=None, size=224, per_class=None, data_root
     class their sorted paths (sub-folders included).  ``per_class``: only the first k images of
     each class (fewer where a class has fewer): a 1% subset is read without decoding the rest.
     ``split`` "test" reads ``root/val`` when there is no ``root/test`` (ImageNet's layout).
-    ``root`` defaults to the data root.  Nothing is cached: every call decodes the files again."""
+    ``root`` defaults to the data root.  The files are decoded by ``workers`` threads (default: one per
+    core; PIL decodes and resizes without the GIL) and the result is cached under the cache folder, keyed by
+    every file's path, size and modification time and by ``size``: a later call (another table row,
+    another worker, another run) reads the cached arrays instead of decoding again."""
     root = Path(root) if root is not None else settings.data_root(data_root)
     folder = root / split
     if split == "test" and not folder.is_dir() and (root / "val").is_dir():
@@ -257,15 +262,30 @@ def load_image_folder(split: str, root=None, size=224, per_class=None, data_root
                                 f"({folder}/<class>/<image>.jpg|png|...)")
     if empty:  # as ImageFolder: a stray folder would count as a class, shifting the labels after it
         raise DataNotFoundError(f"image folder '{folder}' has class folders without images: {', '.join(empty)}")
+    labels = torch.tensor([label for _, label in files], dtype=torch.long, device="cpu")
+    listing = hashlib.sha256(f"{folder.resolve()}|{size}|{len(classes)}".encode())
+    for path, label in files:
+        stat = path.stat()
+        listing.update(f"{path.relative_to(folder)}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    cached = settings.cache_dir(cache_dir) / "data" / f"image-folder-{listing.hexdigest()[:16]}.npy"
+    if cached.exists():
+        return ImageSet(torch.from_numpy(np.load(cached)), labels, num_classes=len(classes))
     images = torch.empty(len(files), 3, size, size, dtype=torch.uint8, device="cpu")  # filled in place: no copy
     array = images.numpy()  # the same memory
-    for i, (path, _) in enumerate(files):
+
+    def decode(i):
+        path = files[i][0]
         try:
             array[i] = _decode(path.read_bytes(), size)
         except OSError as error:  # PIL's UnidentifiedImageError included
             raise DataNotFoundError(f"'{path}' could not be read as an image "
                                     f"({type(error).__name__}: {error})") from None
-    labels = torch.tensor([label for _, label in files], dtype=torch.long, device="cpu")
+    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        list(pool.map(decode, range(len(files))))  # list(): the first error is raised here
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.partial.npy")  # processes decoding at once never share one
+    np.save(partial, array)
+    partial.rename(cached)  # atomic: an interrupted decode leaves no half file behind
     return ImageSet(images, labels, num_classes=len(classes))
 
 

@@ -82,7 +82,7 @@ def _load_training_data(config_json, data_root, cache_dir, device):
     if config["dataset"] == "cifar10":
         data_kwargs.update(data_root=data_root, cache_dir=cache_dir)
     elif config["dataset"] == "image_folder":
-        data_kwargs.update(data_root=data_root)
+        data_kwargs.update(data_root=data_root, cache_dir=cache_dir)
     data_json = json.dumps(data_kwargs, sort_keys=True, default=str)
     train, test = (_dataset(config["dataset"], split, data_json) for split in ("train", "test"))
     attack_idx, reserved = defense_split(train, config["reserve_fraction"], seed=0)

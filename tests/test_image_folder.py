@@ -50,6 +50,31 @@ def test_image_folder_per_class_takes_the_first_files_and_test_reads_val(tmp_pat
     assert len(load_image_folder("test", root, size=16, per_class=5)) == 9  # a class with fewer gives all it has
 
 
+def test_a_decoded_folder_is_cached_and_decoded_again_when_a_file_changes(tmp_path, monkeypatch):
+    import os
+
+    import purilib.data
+    root = _write(tmp_path / "data")
+    first = load_image_folder("train", root, size=16, cache_dir=tmp_path / "cache", workers=3)
+    assert torch.equal(first.images, load_image_folder("train", root, size=16, cache_dir=tmp_path / "other",
+                                                       workers=1).images)  # threads change nothing
+    decode = purilib.data._decode
+
+    def refuse(*args):
+        raise AssertionError("decoded again")
+    monkeypatch.setattr(purilib.data, "_decode", refuse)
+    again = load_image_folder("train", root, size=16, cache_dir=tmp_path / "cache")  # from the cache
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    changed = root / "train" / "bee" / "000.png"
+    Image.new("RGB", (50, 50), (1, 2, 3)).save(changed)
+    os.utime(changed, ns=(1, 1))  # another modification time: the listing's key changes
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_image_folder("train", root, size=16, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(purilib.data, "_decode", decode)
+    assert load_image_folder("train", root, size=16, cache_dir=tmp_path / "cache").images[3].flatten(1).T.unique(
+        dim=0).tolist() == [[1, 2, 3]]
+
+
 def test_image_folder_errors_name_the_folder_in_one_line(tmp_path):
     with pytest.raises(DataNotFoundError, match="no image folder") as missing:
         load_image_folder("train", tmp_path / "nowhere")
