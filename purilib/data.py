@@ -182,13 +182,20 @@ def load_cifar10(split: str, data_root=None, download=False, cache_dir=None, per
                                     "is it truncated? Copy it again or point the data root elsewhere") from None
         if arrays is None:
             raise DataNotFoundError(f"'{path}' holds no cifar10/{{train,test}}/<class>/ images")
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(f".{os.getpid()}.partial.npz")  # processes decoding at once never share one
-        np.savez(partial, **{f"{s}_{k}": arrays[s][i] for s in arrays for i, k in enumerate(("x", "y"))})
-        partial.rename(cached)  # atomic: an interrupted decode leaves no half file behind
+        _save_atomically(cached, lambda path: np.savez(
+            path, **{f"{s}_{k}": arrays[s][i] for s in arrays for i, k in enumerate(("x", "y"))}))
     with np.load(cached) as arrays:
         images = ImageSet(torch.from_numpy(arrays[f"{split}_x"]), torch.from_numpy(arrays[f"{split}_y"]))
     return images if per_class is None else images.subset(class_balanced_split(images.labels, per_class, 0)[0])
+
+
+def _save_atomically(cached: Path, save) -> None:
+    """``save(path)`` to a file of this process's own, then renamed to ``cached``: processes decoding at
+    once never share one, and an interrupted decode leaves no half file behind."""
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.partial{cached.suffix}")
+    save(partial)
+    partial.rename(cached)
 
 
 # ---------------------------------------------------------------- synthetic
@@ -282,10 +289,7 @@ def load_image_folder(split: str, root=None, size=224, per_class=None, data_root
                                     f"({type(error).__name__}: {error})") from None
     with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         list(pool.map(decode, range(len(files))))  # list(): the first error is raised here
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(f".{os.getpid()}.partial.npy")  # processes decoding at once never share one
-    np.save(partial, array)
-    partial.rename(cached)  # atomic: an interrupted decode leaves no half file behind
+    _save_atomically(cached, lambda path: np.save(path, array))
     return ImageSet(images, labels, num_classes=len(classes))
 
 

@@ -90,8 +90,8 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
         records, missing = [], []
         for network in networks:
             for k in amounts:
-                found, lacking = _recorded_cells(table, resolve_profile(profile, network, table.dataset), attacks, defenses, seeds,
-                                                 k, out)
+                recipe = resolve_profile(profile, network, table.dataset)
+                found, lacking = _recorded_cells(table, recipe, attacks, defenses, seeds, k, out)
                 records, missing = records + found, missing + lacking
         if missing:
             raise ValueError(f"{table.id} ({prof.name}) from records: {len(missing)} cells cannot be tabulated: "
@@ -285,10 +285,11 @@ def average_drop(summary: pd.DataFrame, table_id: str) -> pd.DataFrame:
     """Per defense: the mean drop in ASR and in ACC from 'No defense' over the attacks it ran on (Benign
     left out), ours beside the paper's over the same attacks (recomputed from its cells), and, where the
     paper prints an "Avg. Drop" row (NFT Table 1), that row and its own recomputation over all attacks."""
-    printed, dataset = {}, get_table(table_id).dataset
-    if table_id in ("nft-table1", "nft-table1-imagenet", "defenses"):  # they compare with NFT Table 1's cells
+    table = get_table(table_id)
+    printed = {}
+    if "nft_table1.csv" in table.reference_files:  # a table compared with NFT Table 1's cells
         text = resources.files("purilib.references").joinpath("nft_table1_avgdrop.csv").read_text()
-        printed = {r["defense"]: r for r in csv.DictReader(text.splitlines()) if r["dataset"] == dataset}
+        printed = {r["defense"]: r for r in csv.DictReader(text.splitlines()) if r["dataset"] == table.dataset}
     frame = summary[summary["attack"] != "Benign"]
     keys = ["network", "attack", "clean_per_class"]  # a row's drop is from its own network's and amount's model
     base = frame[frame["defense"] == NO_DEFENSE].set_index(keys)

@@ -97,7 +97,8 @@ class TrojanNN(Attack):
         model.requires_grad_(False)
         self.neurons = most_connected_neurons(classifier_of(model).weight, self.num_neurons)
         g = generator(self.seed)
-        w = torch.randn(3, self.image_size, self.image_size, generator=g, device=g.device).to(context.device).requires_grad_(True)
+        n = self.image_size
+        w = torch.randn(3, n, n, generator=g, device=g.device).to(context.device).requires_grad_(True)
         mask = self.mask.to(context.device)
         self.initial_pattern = self._quantise(w)
         optimizer = torch.optim.Adam([w], lr=self.trigger_lr)
