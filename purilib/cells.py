@@ -1,14 +1,15 @@
 """One cell of a table: a defense on a row's model, measured and recorded.
 
 A row is one (attack, seed): its model (trained, or loaded from the cache), its clean subset and test
-set, and its metrics before defense (``prepare_row``).  ``run_cell`` runs one column's defense on it
-(``column_defense``: a defense, or a study's variant of one), measures what the table asks for
-(sharpness, a trajectory, a spectrum, a training history), and writes the cell's record, atomically;
-a finished record is reused only when it was made from the same weights, code, clean data and
-settings.  The sequential runner (``experiment.run_table``) and the parallel one (``executor``) both
-go through here, so their records are the same.
+set, and its metrics before defense, measured when a cell first needs them (``prepare_row``).
+``run_cell`` runs one column's defense on it (``column_defense``: a defense, or a study's variant of
+one), measures what the table asks for (sharpness, a trajectory, a spectrum, a training history), and
+writes the cell's record, atomically; a finished record is reused only when it was made from the same
+weights, code, clean data and settings.  The sequential runner (``experiment.run_table``) and the
+parallel one (``executor``) both go through here, so their records are the same.
 """
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -46,7 +47,14 @@ class Row:
     attack: object
     clean: object
     test: object
-    before: dict
+    device: str
+    bf16: bool
+
+    @functools.cached_property
+    def before(self) -> dict:
+        """The model's metrics before any defense: measured when a cell first needs them, so that a row
+        whose records are all reused evaluates nothing."""
+        return evaluate(self.model, self.test, self.attack, device=self.device, bf16=self.bf16)
 
 
 def snapshot_every(table, prof):
@@ -64,8 +72,7 @@ def prepare_row(prof, attack_name, seed, clean_per_class, device, data_root=None
     train, _, test, attack, _, reserved = load_training_data(manifest["config"], data_root, cache_dir, device)
     restore_attack(attack, manifest, cache_dir)
     clean = clean_subset(train, reserved, clean_per_class, seed=seed)
-    before = evaluate(model, test, attack, device=device, bf16=prof.bf16)
-    return Row(attack_name, model, manifest, attack, clean, test, before)
+    return Row(attack_name, model, manifest, attack, clean, test, device, prof.bf16)
 
 
 def record_path(out, prof, attack_name, defense_name, seed, per_class) -> Path:
@@ -91,8 +98,7 @@ def as_json(value):
 
 
 def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, progress, cache_dir=None):
-    model, manifest, attack, clean, test, before = (row.model, row.manifest, row.attack, row.clean, row.test,
-                                                    row.before)
+    model, manifest, attack, clean, test = row.model, row.manifest, row.attack, row.clean, row.test
     per_class = len(clean) // clean.num_classes
     path = record_path(out, prof, attack_name, defense_name, seed, per_class)
     defense, overrides = column_defense(table, prof, defense_name, device=device, bf16=prof.bf16, seed=seed,
@@ -113,6 +119,7 @@ def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, pro
         if all(record.get(k) == v for k, v in identity.items()):
             record["reused"] = True
             return record  # finished in an earlier run
+    before = row.before
     trainable, seconds, after, stats, purified, points = 0, 0.0, before, {}, model, []
     if defense is not None and "trajectory" in table.measures:  # FIP Figure 3: measured along the defense
         t = prof.trajectory

@@ -1,4 +1,4 @@
-"""Fixtures shared by the defense tests (a module may build on one by requesting it under the same name)."""
+"""Fixtures shared by the tests (a module may build on one by requesting it under the same name)."""
 import pytest
 import torch
 
@@ -12,3 +12,28 @@ def model_and_clean():
     torch.manual_seed(0)
     model = create_model("preact_resnet18", width=0.125)
     return model, create_dataset("synthetic", "train", num_train=100)
+
+
+@pytest.fixture(scope="session")
+def smoke_model():
+    """``smoke_model(row, **settings)``: the smoke profile's model of a table row, ``(model, manifest)``, in the
+    run-wide cache (the root conftest.py).  It keeps FIP Figure 1's snapshots, so that the tables this
+    session runs (that figure's notebook among them) load it instead of training it again."""
+    from purilib.cells import snapshot_every
+    from purilib.profiles import get_profile, training_settings
+    from purilib.tables import get_table
+    from purilib.training import train_backdoored_model
+    smoke = get_profile("smoke")
+
+    snapshots = snapshot_every(get_table("fip-figure1"), smoke)
+
+    def train(row, **settings):
+        return train_backdoored_model(attack=row, device="cpu", snapshot_every=snapshots,
+                                      **{**training_settings(smoke, row), **settings})
+    return train
+
+
+@pytest.fixture(scope="session")
+def clean_model(smoke_model):
+    """The smoke Benign model: the one an attack's ``context.clean_model()`` returns on the smoke profile."""
+    return smoke_model("Benign")[0]

@@ -12,12 +12,6 @@ SMOKE_KWARGS = get_profile("smoke").attack_overrides.get("CLB", {})  # the smoke
 
 
 @pytest.fixture(scope="module")
-def clean_model():
-    """The smoke Benign model (cached for the test session: the one ``context.clean_model()`` returns)."""
-    return train_backdoored_model(attack="Benign", device="cpu", **training_settings(get_profile("smoke"), "Benign"))[0]
-
-
-@pytest.fixture(scope="module")
 def poisoned(clean_model):
     train = create_dataset("synthetic", "train", num_train=400)
     attack = create_attack("CLB", poison_rate=0.05, pgd_steps=5, pgd_step=2.0)

@@ -10,17 +10,17 @@ import torch
 from purilib.attacks import create_attack
 from purilib.data import create_dataset
 from purilib.models import create_model
-from purilib.profiles import get_profile, training_settings
-from purilib.training import DEFAULT_TRAINING, load_training_data, train_backdoored_model
+from purilib.profiles import get_profile
+from purilib.training import load_training_data
 
 SMOKE_KWARGS = get_profile("smoke").attack_overrides.get("InputAwareDynamic", {})  # the smoke profile's settings
 
 
 @pytest.fixture(scope="module")
-def smoke():
-    settings = {**training_settings(get_profile("smoke"), "Dynamic"), "attack_kwargs": SMOKE_KWARGS}
-    model, manifest = train_backdoored_model(attack="Dynamic", device="cpu", **settings)
-    _, _, test, attack, _, _ = load_training_data({**DEFAULT_TRAINING, **settings, "attack": "Dynamic"})
+def smoke(smoke_model):
+    # NFT Table 1's row "Dyn-one" (all-to-one Dynamic), which the tables of this session then find trained
+    model, manifest = smoke_model("Dyn-one", attack_kwargs=SMOKE_KWARGS)
+    _, _, test, attack, _, _ = load_training_data(manifest["config"])
     return model, manifest, test, attack
 
 

@@ -55,8 +55,9 @@ def test_a_table_renders_from_its_records_without_training(tmp_path, monkeypatch
     import json
 
     import purilib.cells as cells
-    grid = dict(attacks=["BadNets"], defenses=["No defense", "FT"], output_dir=tmp_path / "out",
-                cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    # the run-wide model cache (conftest.py), where the smoke BadNets model is already trained
+    grid = dict(attacks=["BadNets"], defenses=["No defense", "FT"], output_dir=tmp_path / "out", device="cpu",
+                progress=False)
     made = run_table("defenses", **grid)
 
     def no_training(*args, **kwargs):
@@ -79,8 +80,8 @@ def test_a_table_renders_from_its_records_without_training(tmp_path, monkeypatch
 def test_a_record_made_from_other_weights_is_not_reused(tmp_path, capsys):
     """Same recipe, other weights (another machine, a committed record): the cell is computed again."""
     import json
-    grid = dict(attacks=["BadNets"], defenses=["No defense"], output_dir=tmp_path / "out",
-                cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    grid = dict(attacks=["BadNets"], defenses=["No defense"], output_dir=tmp_path / "out", device="cpu",
+                progress=False)
     run_table("defenses", **grid)
     assert "1 cells computed, 0 reused" in capsys.readouterr().out
     run_table("defenses", **grid)
