@@ -1,6 +1,7 @@
 """A table's grid on several workers: local processes (``workers=N``) or a Ray cluster (``executor="ray"``).
 
-A grid is models (one per attack and seed) and cells (one per defense on a model).  Jobs:
+A grid is models (one per attack and seed) and cells (one per defense on a model); a table over
+networks and amounts of clean data (AWM Table 1) has a grid of each, all run in one pool.  Jobs:
 
 - a model job trains its model into the cache (or finds it there);
 - a cell job loads that model, runs one defense, writes the cell's record (``cells.run_cell``,
@@ -65,35 +66,46 @@ def _pin_worker(gpu_queue, threads):
     torch.set_num_threads(threads)
 
 
-def _jobs(table, profile, model, attacks, defenses, seeds, clean_per_class, device, data_root, cache_dir, out):
+def _jobs(table, profile, grids, attacks, defenses, seeds, device, data_root, cache_dir, out):
+    """The model jobs, one per (network, attack, seed), and each model's cell jobs: every amount of clean
+    data of ``grids`` ((network, clean images per class) pairs) times every defense."""
     from .cells import resolve_profile, snapshot_every
-    common = dict(profile=profile, model=model, dataset=table.dataset, device=device, data_root=data_root,
-                  cache_dir=str(settings.cache_dir(cache_dir)), clean_per_class=clean_per_class,
-                  snapshots=snapshot_every(table, resolve_profile(profile, model, table.dataset)))
+    common = dict(profile=profile, dataset=table.dataset, device=device, data_root=data_root,
+                  cache_dir=str(settings.cache_dir(cache_dir)))
     # the benign model first: TrojanNN and CLB need it
     rows = sorted([(a, s) for s in range(seeds) for a in attacks], key=lambda r: r[0] != "Benign")
-    models = {(a, s): {**common, "attack": a, "seed": s} for a, s in rows}
-    cells = {(a, s): [{**common, "attack": a, "seed": s, "defense": d, "table": table.id, "out": str(out)}
-                      for d in defenses] for a, s in rows}
+    models, cells = {}, {}
+    for network, clean_per_class in grids:
+        for a, s in rows:
+            snapshots = snapshot_every(table, resolve_profile(profile, network, table.dataset))
+            models[(network, a, s)] = {**common, "model": network, "attack": a, "seed": s, "snapshots": snapshots}
+            cells.setdefault((network, a, s), []).extend(
+                {**models[(network, a, s)], "clean_per_class": clean_per_class, "defense": d, "table": table.id,
+                 "out": str(out)} for d in defenses)
     return models, cells
 
 
-def run_parallel(table, profile, model, attacks, defenses, seeds, clean_per_class, device, data_root, cache_dir,
-                 out, workers=2, executor="local", ray_address=None, progress=True) -> list:
-    """Run the grid's jobs on ``workers`` local processes or on Ray; return the cells' records in the
-    grid's order (seed, attack, defense), whatever order they finished in."""
+def _cell_key(job):
+    return job["model"], job["clean_per_class"], job["seed"], job["attack"], job["defense"]
+
+
+def run_parallel(table, profile, grids, attacks, defenses, seeds, device, data_root, cache_dir, out, workers=2,
+                 executor="local", ray_address=None, progress=True) -> list:
+    """Run the jobs of every grid (``grids``: (network, clean images per class) pairs; a network's models
+    serve all its amounts) on ``workers`` local processes or on Ray, so that the workers stay busy across
+    grids; return the cells' records in the sequential order (grid, seed, attack, defense), whatever
+    order they finished in."""
     if executor not in ("local", "ray"):
         raise ValueError(f"unknown executor '{executor}'; choose 'local' or 'ray'")
     if not (isinstance(workers, int) and workers >= 1):
         raise ValueError(f"workers must be a positive integer, not {workers!r}")
     device = resolve_device(device)
     data_root = str(settings.data_root(data_root))
-    models, cells = _jobs(table, profile, model, attacks, defenses, seeds, clean_per_class, device, data_root,
-                          cache_dir, out)
+    models, cells = _jobs(table, profile, grids, attacks, defenses, seeds, device, data_root, cache_dir, out)
     run = _run_ray if executor == "ray" else _run_local
     done = run(models, cells, workers, device, ray_address, progress)
-    order = [(s, a, d) for s in range(seeds) for a in attacks for d in defenses]
-    return [done[key] for key in order]
+    return [done[(network, k, s, a, d)] for network, k in grids for s in range(seeds) for a in attacks
+            for d in defenses]
 
 
 def _bar(total, enabled):
@@ -133,7 +145,7 @@ def _run_local(models, cells, workers, device, ray_address, progress):
                     for job in cells[key]:
                         pending[pool.submit(_cell_job, {**job, "device": worker_device})] = ("cell", job)
                 else:
-                    done[(key["seed"], key["attack"], key["defense"])] = result
+                    done[_cell_key(key)] = result
                     _advance(bar, done, total, len(pending))
     return done
 
@@ -166,7 +178,7 @@ def _run_ray(models, cells, workers, device, ray_address, progress):
     while refs:
         ready, _ = ray.wait(list(refs), num_returns=1)
         job = refs.pop(ready[0])
-        done[(job["seed"], job["attack"], job["defense"])] = ray.get(ready[0])
+        done[_cell_key(job)] = ray.get(ready[0])
         _advance(bar, done, total, len(refs))
     return done
 

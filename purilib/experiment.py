@@ -99,13 +99,17 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
         return pd.DataFrame(records)
     (out / "records").mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
-    workers = resolve_workers(workers, prof, device, rows=len(attacks) * seeds)
-    records = []
+    grids = [(network, k) for network in networks for k in amounts]
+    workers = resolve_workers(workers, prof, device, rows=len(attacks) * seeds * len(networks))
     with cpu_threads(prof.threads if device == "cpu" else None):  # every worker computes with this count
-        for network in networks:
-            for k in amounts:
-                records += _run_grid(table, profile, network, attacks, defenses, seeds, k, device, data_root,
-                                     cache_dir, out, workers, executor, ray_address, progress)
+        if workers != 1 or executor != "local":
+            from .executor import run_parallel
+            records = run_parallel(table, profile, grids, attacks, defenses, seeds, device, data_root, cache_dir,
+                                   out, workers=workers, executor=executor, ray_address=ray_address,
+                                   progress=progress)
+        else:
+            records = [record for network, k in grids for record in _run_grid(
+                table, profile, network, attacks, defenses, seeds, k, device, data_root, cache_dir, out, progress)]
     reused = sum(bool(r.pop("reused", False)) for r in records)
     print(f"{table.id} ({prof.name}): {len(records) - reused} cells computed, {reused} reused from "
           f"{out / 'records'} (same weights, code and settings)")
@@ -113,13 +117,8 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
 
 
 def _run_grid(table, profile, network, attacks, defenses, seeds, clean_per_class, device, data_root, cache_dir,
-              out, workers, executor, ray_address, progress) -> list:
-    """The cells of one network and one amount of clean data: on workers, or here one after another."""
-    if workers != 1 or executor != "local":
-        from .executor import run_parallel
-        return run_parallel(table, profile, network, attacks, defenses, seeds, clean_per_class, device, data_root,
-                            cache_dir, out, workers=workers, executor=executor, ray_address=ray_address,
-                            progress=progress)
+              out, progress) -> list:
+    """The cells of one network and one amount of clean data, here, one after another."""
     prof, records = resolve_profile(profile, network, table.dataset), []
     for seed in range(seeds):
         for attack_name in attacks:
@@ -133,7 +132,7 @@ def _run_grid(table, profile, network, attacks, defenses, seeds, clean_per_class
 
 def resolve_workers(workers, prof, device, rows) -> int:
     """``workers`` as a count: "auto" is one worker per ``prof.threads`` cores on the CPU (at most one per
-    model of the grid) when the profile fixes the threads, else 1."""
+    model of the table's grids) when the profile fixes the threads, else 1."""
     if workers != "auto":
         if not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1):
             raise ValueError(f"workers must be a positive integer or 'auto', not {workers!r}")

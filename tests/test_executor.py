@@ -27,6 +27,19 @@ def test_two_workers_give_the_records_of_the_sequential_run(sequential, tmp_path
     assert _numbers(rerun).equals(_numbers(sequential))  # nothing recomputed differently
 
 
+def test_a_table_over_networks_and_amounts_runs_in_one_pool_with_the_sequential_records(tmp_path):
+    """AWM Table 1's grids (two networks x two amounts of clean data on smoke): two workers, one per model,
+    give the sequential run's records, in its order.  The models are the awm_table1 notebook's."""
+    grid = dict(attacks=["BadNets"], defenses=["FT"], progress=False)
+    sequential = run_table("awm-table1", "smoke", output_dir=tmp_path / "one", workers=1, **grid)
+    parallel = run_table("awm-table1", "smoke", output_dir=tmp_path / "two", workers=2, **grid)
+    keys = ["network", "clean_per_class", "defense"]
+    assert len(parallel) == 2 * 2 and parallel[keys].equals(sequential[keys])
+    assert list(dict.fromkeys(parallel["network"])) == ["resnet18", "vgg16_bn"]
+    assert list(dict.fromkeys(parallel["clean_per_class"])) == [10, 1]
+    assert parallel[NUMBERS].equals(sequential[NUMBERS])
+
+
 def test_ray_gives_the_records_of_the_sequential_run(sequential, tmp_path):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, ignore_reinit_error=True, include_dashboard=False)
