@@ -76,8 +76,8 @@ def _jobs(table, profile, grids, attacks, defenses, seeds, device, data_root, ca
     rows = sorted([(a, s) for s in range(seeds) for a in attacks], key=lambda r: r[0] != "Benign")
     models, cells = {}, {}
     for network, clean_per_class in grids:
+        snapshots = snapshot_every(table, resolve_profile(profile, network, table.dataset))
         for a, s in rows:
-            snapshots = snapshot_every(table, resolve_profile(profile, network, table.dataset))
             models[(network, a, s)] = {**common, "model": network, "attack": a, "seed": s, "snapshots": snapshots}
             cells.setdefault((network, a, s), []).extend(
                 {**models[(network, a, s)], "clean_per_class": clean_per_class, "defense": d, "table": table.id,

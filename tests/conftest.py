@@ -24,7 +24,6 @@ def smoke_model():
     from purilib.tables import get_table
     from purilib.training import train_backdoored_model
     smoke = get_profile("smoke")
-
     snapshots = snapshot_every(get_table("fip-figure1"), smoke)
 
     def train(row, **settings):
