@@ -65,7 +65,8 @@ def snapshot_every(table, prof):
 def prepare_row(prof, attack_name, seed, clean_per_class, device, data_root=None, cache_dir=None,
                 snapshots=None) -> Row:
     """Train (or load from cache) the row's model (keeping a snapshot every ``snapshots`` epochs); its
-    clean subset, test set and metrics before defense."""
+    clean subset and test set (its metrics before defense, ``Row.before``, are measured when a computed
+    cell first needs them)."""
     model, manifest = train_backdoored_model(attack=attack_name, seed=seed, device=device, data_root=data_root,
                                              cache_dir=cache_dir, snapshot_every=snapshots,
                                              **training_settings(prof, attack_name))

@@ -1,7 +1,8 @@
 """A table's grid on several workers: local processes (``workers=N``) or a Ray cluster (``executor="ray"``).
 
 A grid is models (one per attack and seed) and cells (one per defense on a model); a table over
-networks and amounts of clean data (AWM Table 1) has a grid of each, all run in one pool.  Jobs:
+networks and amounts of clean data (AWM Table 1) has a grid of each, all run in one pool, and a
+network's models serve all its amounts.  Jobs:
 
 - a model job trains its model into the cache (or finds it there);
 - a cell job loads that model, runs one defense, writes the cell's record (``cells.run_cell``,
@@ -48,7 +49,8 @@ def _cell_job(job):
     from .cells import prepare_row, resolve_profile, run_cell
     from .tables import get_table
     prof = resolve_profile(job["profile"], job["model"], job["dataset"])
-    key = (job["profile"], job["model"], job["dataset"], job["attack"], job["seed"], job["clean_per_class"])
+    key = tuple(job[k] for k in ("profile", "model", "dataset", "attack", "seed", "clean_per_class", "device",
+                                 "data_root", "cache_dir", "snapshots"))  # a Ray worker outlives one run
     if key not in _ROW:
         _ROW.clear()
         _ROW[key] = prepare_row(prof, job["attack"], job["seed"], job["clean_per_class"], job["device"],

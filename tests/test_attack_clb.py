@@ -7,7 +7,7 @@ from purilib.data import create_dataset
 from purilib.profiles import get_profile, training_settings
 from purilib.training import train_backdoored_model
 
-# smoke budget; 9x9 corner patches (cell 3) because the smoke model (width 1/8, 10 epochs) learns no 3x3 patch
+# smoke budget; 9x9 corner patches (cell 3) because the smoke model (width 1/8, 5 epochs) learns no 3x3 patch
 SMOKE_KWARGS = get_profile("smoke").attack_overrides.get("CLB", {})  # the smoke profile's settings
 
 

@@ -1,7 +1,7 @@
 """Input-aware Dynamic backdoor: sparse input-dependent triggers, cross-trigger samples, label mapping, and a
 smoke model that learns the backdoor.
 
-The smoke model (width 1/8, 10 epochs on synthetic data) does not learn the paper's 3%-density masks (nor
+The smoke model (width 1/8, 5 epochs on synthetic data) does not learn the paper's 3%-density masks (nor
 BadNets' 3x3 patch) at a 10% rate, so the smoke settings use denser masks (25%) and a 30% backdoor share;
 measured ASR 85.3 (width-4 generators; Dyn-one in results/nft-table1/smoke/), asserted >= 40."""
 import pytest

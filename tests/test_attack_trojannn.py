@@ -6,7 +6,7 @@ from purilib.layers import classifier_of as classifier_layer
 from purilib.data import create_dataset
 from purilib.profiles import get_profile
 
-# smoke budget; an 8x8 patch because the smoke model (width 1/8, 10 epochs) learns no 3x3 patch (nor BadNets')
+# smoke budget; an 8x8 patch because the smoke model (width 1/8, 5 epochs) learns no 3x3 patch (nor BadNets')
 SMOKE_KWARGS = get_profile("smoke").attack_overrides.get("TrojanNN", {})  # the smoke profile's settings
 
 
@@ -58,7 +58,7 @@ def test_state_round_trip_and_unprepared_use(prepared):
 
 
 def test_smoke_backdoor_is_learned(smoke_model):
-    # measured: ACC 79.6, ASR 100.0 (chance ~10; results/nft-table1/smoke/).  NFT Table 1's row "Troj-one" (all-to-one TrojanNN), which
-    # the tables of this session then find trained
+    # measured: ACC 79.6, ASR 100.0 (chance ~10; results/nft-table1/smoke/).  NFT Table 1's row
+    # "Troj-one" (all-to-one TrojanNN), which the tables of this session then find trained
     _, manifest = smoke_model("Troj-one", attack_kwargs=SMOKE_KWARGS)
     assert manifest["asr"] >= 40 and manifest["acc"] >= 60

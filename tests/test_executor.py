@@ -6,7 +6,7 @@ import pytest
 from purilib.experiment import run_table
 from purilib.training import train_backdoored_model
 
-GRID = dict(attacks=["BadNets", "Blend"], defenses=["No defense", "NFT"])
+GRID = dict(attacks=["BadNets", "Blend"], defenses=["No defense", "NFT"], device="cpu")  # bit-equal on the CPU
 NUMBERS = ["acc", "asr", "ra", "acc_before", "asr_before", "weights_digest", "defense_config", "clean_checksum"]
 
 
@@ -30,7 +30,7 @@ def test_two_workers_give_the_records_of_the_sequential_run(sequential, tmp_path
 def test_a_table_over_networks_and_amounts_runs_in_one_pool_with_the_sequential_records(tmp_path):
     """AWM Table 1's grids (two networks x two amounts of clean data on smoke): two workers, one per model,
     give the sequential run's records, in its order.  The models are the awm_table1 notebook's."""
-    grid = dict(attacks=["BadNets"], defenses=["FT"], progress=False)
+    grid = dict(attacks=["BadNets"], defenses=["FT"], progress=False, device="cpu")
     sequential = run_table("awm-table1", "smoke", output_dir=tmp_path / "one", workers=1, **grid)
     parallel = run_table("awm-table1", "smoke", output_dir=tmp_path / "two", workers=2, **grid)
     keys = ["network", "clean_per_class", "defense"]
