@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from . import features, spectra, trajectory
-from .data import clean_subset
+from .data import clean_pool, clean_subset
 from .defenses import NO_DEFENSE, create_defense
 from .devices import device_name
-from .hessian import sharpness
+from .hessian import SHARPNESS_PROTOCOLS, authors_batch, sharpness
 from .metrics import defense_effectiveness_rating, evaluate
 from .profiles import defense_overrides, for_dataset, get_profile, training_settings
 from .provenance import code_version
@@ -40,21 +40,52 @@ def resolve_profile(profile, model=None, dataset="CIFAR-10"):
 
 @dataclasses.dataclass
 class Row:
-    """What every cell of one (attack, seed) row shares: the model and its data."""
+    """What every cell of one (attack, seed) row shares: the model and its data.  ``train``, ``reserved``
+    and ``poison_idx``: the full training split, its reserve and its poisoned images, from which each
+    column's clean set (``clean_set``) and the Hessian's data (``hessian_data``) are drawn."""
     attack_name: str
     model: torch.nn.Module
     manifest: dict
     attack: object
-    clean: object
+    train: object
+    reserved: torch.Tensor
+    poison_idx: torch.Tensor
+    clean_per_class: int
+    seed: int
     test: object
     device: str
     bf16: bool
+    _clean: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @functools.cached_property
     def before(self) -> dict:
         """The model's metrics before any defense: measured when a cell first needs them, so that a row
         whose records are all reused evaluates nothing."""
         return evaluate(self.model, self.test, self.attack, device=self.device, bf16=self.bf16)
+
+    def clean_set(self, source="reserve"):
+        """The defenses' clean set drawn from ``source`` (``data.CLEAN_SOURCES``): the same images for every
+        column of the row that draws from that source."""
+        if source not in self._clean:
+            pool = clean_pool(source, len(self.train), self.reserved, self.poison_idx)
+            self._clean[source] = clean_subset(self.train, pool, self.clean_per_class, seed=self.seed)
+        return self._clean[source]
+
+    @property
+    def clean(self):
+        return self.clean_set("reserve")
+
+    def hessian_data(self, protocol, settings, clean):
+        """(images, what they are) for the Hessian measurements of ``protocol`` (hessian.SHARPNESS_PROTOCOLS):
+        the FIP authors' augmented batch of training images, or ``clean``, the column's clean set."""
+        if protocol == "authors":
+            pool = clean_pool("train", len(self.train), self.reserved, self.poison_idx)
+            batch = authors_batch(self.train, pool, settings["images"], settings["padding"], seed=self.seed)
+            return batch, (f"{len(batch)} clean training images, crop (padding {settings['padding']}) + flip "
+                           "(the FIP authors' batch)")
+        if protocol == "held-out":
+            return clean, "the defenses' clean set"
+        raise ValueError(f"unknown sharpness protocol {protocol!r}; choose one of {SHARPNESS_PROTOCOLS}")
 
 
 def snapshot_every(table, prof):
@@ -70,10 +101,10 @@ def prepare_row(prof, attack_name, seed, clean_per_class, device, data_root=None
     model, manifest = train_backdoored_model(attack=attack_name, seed=seed, device=device, data_root=data_root,
                                              cache_dir=cache_dir, snapshot_every=snapshots,
                                              **training_settings(prof, attack_name))
-    train, _, test, attack, _, reserved = load_training_data(manifest["config"], data_root, cache_dir, device)
+    train, _, test, attack, poison_idx, reserved = load_training_data(manifest["config"], data_root, cache_dir, device)
     restore_attack(attack, manifest, cache_dir)
-    clean = clean_subset(train, reserved, clean_per_class, seed=seed)
-    return Row(attack_name, model, manifest, attack, clean, test, device, prof.bf16)
+    return Row(attack_name, model, manifest, attack, train, reserved, poison_idx, clean_per_class, seed, test, device,
+               prof.bf16)
 
 
 def record_path(out, prof, attack_name, defense_name, seed, per_class) -> Path:
@@ -99,7 +130,8 @@ def as_json(value):
 
 
 def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, progress, cache_dir=None):
-    model, manifest, attack, clean, test = row.model, row.manifest, row.attack, row.clean, row.test
+    source = table.clean_source(defense_name)
+    model, manifest, attack, clean, test = row.model, row.manifest, row.attack, row.clean_set(source), row.test
     per_class = len(clean) // clean.num_classes
     path = record_path(out, prof, attack_name, defense_name, seed, per_class)
     defense, overrides = column_defense(table, prof, defense_name, device=device, bf16=prof.bf16, seed=seed,
@@ -108,7 +140,7 @@ def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, pro
     # recipe: another machine trains other weights from it), by this code, on the same clean data, with
     # the defense's full settings
     identity = {"model_key": manifest["key"], "weights_digest": manifest["weights_digest"],
-                "code_version": code_version(), "clean_checksum": clean.checksum(),
+                "code_version": code_version(), "clean_checksum": clean.checksum(), "clean_source": source,
                 "defense_config": as_json(defense.config if defense else {})}
     if table.measures:  # sharpness and trajectory always, as records made before the others existed have them
         identity["measures"] = as_json({"names": list(table.measures), "sharpness": prof.sharpness,
@@ -121,28 +153,47 @@ def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, pro
             record["reused"] = True
             return record  # finished in an earlier run
     before = row.before
-    trainable, seconds, after, stats, purified, points = 0, 0.0, before, {}, model, []
+    trainable, seconds, after, stats, purified, points, checkpoints = 0, 0.0, before, {}, model, [], []
+    # the Hessian's data for the spectrum, the trajectory and the history: the headline protocol's
+    headline = next(iter(prof.sharpness))
+    figures = {"trajectory", "spectrum", "history"} & set(table.measures)
+    hessian_images, hessian_name = row.hessian_data(headline, prof.sharpness[headline], clean) if figures \
+        else (None, None)
     if defense is not None and "trajectory" in table.measures:  # FIP Figure 3: measured along the defense
         t = prof.trajectory
         subset = trajectory.test_subset(test, t["test_images"])
-        points.append(trajectory.start_point(model, clean, subset, attack, t["iterations"], device, prof.bf16))
-        defense.callback = trajectory.recorder(points, clean, subset, attack, max(1, defense.config["steps"] //
-                                               t["points"]), t["iterations"], device, prof.bf16)
+        points.append(trajectory.start_point(model, hessian_images, subset, attack, t["iterations"], device,
+                                             prof.bf16))
+        defense.callback = trajectory.recorder(points, hessian_images, subset, attack, max(
+            1, defense.config["steps"] // t["points"]), t["iterations"], device, prof.bf16)
+    elif defense is not None and defense.checkpoint_every and attack is not None:  # e.g. NFT every 200 steps
+        subset = trajectory.test_subset(test, prof.trajectory["test_images"])
+        defense.callback = trajectory.checkpoint_recorder(checkpoints, subset, attack, defense.checkpoint_every,
+                                                          device, prof.bf16)
     if defense is not None:
         purified = defense.purify(model, clean)
         after = evaluate(purified, test, attack, device=device, bf16=prof.bf16)
         stats = dict(defense.stats)
         trainable, seconds = stats.pop("trainable_params"), stats.pop("seconds")
+        if checkpoints:
+            stats["checkpoints"] = checkpoints
     measured = {}
-    if "sharpness" in table.measures:  # on the defenses' clean set: the data every defense was given
-        measured = sharpness(purified, clean, seed=seed, data_name="the defenses' clean set", **prof.sharpness)
+    if "sharpness" in table.measures:  # each protocol's numbers; the headline's in the record's own columns
+        measured["sharpness"] = {}
+        for protocol, settings in prof.sharpness.items():
+            images, name = row.hessian_data(protocol, settings, clean)
+            measured["sharpness"][protocol] = sharpness(
+                purified, images, seed=seed, data_name=name,
+                **{k: v for k, v in settings.items() if k in ("iterations", "samples", "tol")})
+        measured.update(measured["sharpness"][headline], sharpness_protocol=headline)
     if "spectrum" in table.measures:  # FIP Figure 1 (a, b)
-        measured.update(spectra.spectrum(purified, clean, seed=seed, **prof.spectrum))
+        measured.update(spectra.spectrum(purified, hessian_images, seed=seed, data_name=hessian_name,
+                                         **prof.spectrum))
     if "features" in table.measures:  # FIP Figure 5, NFT Figure 1: t-SNE of the features
         measured.update(features.measure(purified, test, attack, seed=seed, **prof.features))
     if "history" in table.measures:  # FIP Figure 1 (c): the snapshots of the model's training
-        measured["history"] = spectra.history(model, manifest, clean, test, attack, device=device, bf16=prof.bf16,
-                                              cache_dir=cache_dir, **prof.history)
+        measured["history"] = spectra.history(model, manifest, hessian_images, test, attack, device=device,
+                                              bf16=prof.bf16, cache_dir=cache_dir, **prof.history)
     der = np.nan
     if attack is not None:
         der = defense_effectiveness_rating(before["asr"], after["asr"], before["acc"], after["acc"])
@@ -155,6 +206,7 @@ def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, pro
         "defense_stats": as_json(stats), **as_json(measured), **identity,
         **({"trajectory": as_json(points)} if points else {}),
         "clean_images": len(clean), "clean_per_class": per_class, "training_config": manifest["config"],
+        **({"figure_hessian_data": hessian_name} if figures else {}),
         "torch": torch.__version__, "device": device, "device_name": device_name(device),
         "host": platform.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_average_1min": round(os.getloadavg()[0], 2),  # wall seconds mean little on a busy machine

@@ -328,8 +328,31 @@ def defense_split(train: ImageSet, reserve_fraction=0.05, seed=0):
     return attack_train, reserved
 
 
-def clean_subset(train: ImageSet, reserved: torch.Tensor, per_class: int, seed=0) -> ImageSet:
-    """The defense's clean data: ``per_class`` images of each class from the reserved pool
-    (``per_class=50`` is the papers' 1% of CIFAR-10; 1 is the one-shot setting)."""
-    picked, _ = class_balanced_split(train.labels[reserved], per_class, seed)
-    return train.subset(reserved[picked])
+def clean_subset(train: ImageSet, pool: torch.Tensor, per_class: int, seed=0) -> ImageSet:
+    """The defense's clean data: ``per_class`` images of each class from ``pool`` (indices of ``train``:
+    the reserved pool, or :func:`clean_pool`'s) (``per_class=50`` is the papers' 1% of CIFAR-10; 1 is the
+    one-shot setting)."""
+    picked, _ = class_balanced_split(train.labels[pool], per_class, seed)
+    return train.subset(pool[picked])
+
+
+# Where a defense's clean images come from (a recorded setting, fixed per column by a table):
+# "reserve": the held-out pool the model never saw (the sound protocol, and the default);
+# "train": images the model was trained on, poisoned ones excluded (RNP's and FIP's released code draw
+# their clean data, and FIP its Hessian batch, from the training split the backdoored model learned).
+CLEAN_SOURCES = ("reserve", "train")
+
+
+def clean_pool(source: str, num_train: int, reserved: torch.Tensor, poison_idx: torch.Tensor) -> torch.Tensor:
+    """Indices (of the full training split, ``num_train`` images) a defense's clean data are drawn from.
+    "train": the images that trained the model (every index outside ``reserved``) minus ``poison_idx``.
+    Attacks that poison batches while the model trains (WaNet, Input-aware Dynamic, LIRA, BppAttack) have
+    no fixed poisoned images: for them every training image may have been seen with a trigger too."""
+    if source == "reserve":
+        return reserved
+    if source != "train":
+        raise ValueError(f"unknown clean source {source!r}; choose one of {CLEAN_SOURCES}")
+    seen = torch.ones(num_train, dtype=torch.bool, device="cpu")
+    seen[reserved.cpu()] = False
+    seen[poison_idx.cpu()] = False
+    return seen.nonzero().flatten()

@@ -23,7 +23,9 @@ from .cells import (as_json, column_defense, prepare_row, record_path, resolve_p
 from .models import create_model
 from .profiles import image_size, reserved_per_class, training_settings
 from .devices import cpu_cores, cpu_threads, resolve_device
+from .hessian import SHARPNESS_PROTOCOLS
 from .provenance import code_version
+from .reports.protocols import protocol_markdown  # noqa: F401 (re-exported for the notebooks)
 from .tables import get_table, published
 from .training import TRAINING_FORMAT
 
@@ -197,6 +199,9 @@ def _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out)
                     missing.append(f"{cell}: made with another recipe")
                 elif record.get("defense_config") != settings:
                     missing.append(f"{cell}: made with other settings")
+                elif record.get("clean_source", "reserve") != table.clean_source(defense_name):
+                    missing.append(f"{cell}: made with clean data from the {record.get('clean_source', 'reserve')}, "
+                                   f"not the {table.clean_source(defense_name)}")
                 else:
                     records.append(record)
     return records, missing
@@ -224,6 +229,13 @@ def summarize(records: pd.DataFrame, table_id: str) -> pd.DataFrame:
             if metric in group:
                 values = group[metric].astype(float)
                 row[metric], row[f"{metric}_std"] = values.mean(), values.std(ddof=1) if len(group) > 1 else np.nan
+        if "sharpness" in group:  # each protocol's (hessian.SHARPNESS_PROTOCOLS), mean over seeds
+            for protocol in SHARPNESS_PROTOCOLS:
+                for metric in ("lambda_max", "trace"):
+                    values = [s[protocol][metric] for s in group["sharpness"] if isinstance(s, dict) and protocol in s]
+                    row[f"{metric}_{protocol}"] = float(np.mean(values)) if values else np.nan
+        if "sharpness_protocol" in group:
+            row["sharpness_protocol"] = group["sharpness_protocol"].iloc[0]
         row["trainable_params"] = int(group["trainable_params"].iloc[0])
         # the papers report 1% clean data: the profile's default amount (50 images per class on CIFAR-10);
         # other amounts (one-shot, ...) have no published cell
@@ -333,21 +345,59 @@ def average_drop_markdown(drops: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+SHARPNESS_NOTE = {
+    "authors": "the FIP authors' protocol: one batch of 200 clean training images (seen in training), crop "
+               "(padding 1) + flip, eval mode, power iteration and Hutchinson to a relative tolerance of 1e-3 "
+               "(at most 100 steps each; the profile may cap them lower)",
+    "held-out": "the full-batch loss over the defenses' clean set (the reserve the model never saw), no "
+                "augmentation, a fixed number of power iterations and Hutchinson samples"}
+
+
 def sharpness_markdown(summary: pd.DataFrame, title: str, profile: str) -> str:
-    """The sharpness columns (FIP Table 6): lambda_max and the Hessian's trace beside the paper's, with
-    ASR / ACC."""
-    lines = [f"# {title}", "", f"Profile `{profile}`. lambda_max: the Hessian's largest eigenvalue (power "
-             "iteration); trace: Hutchinson's estimate ± its standard error (mean over seeds); both of the mean "
-             "cross-entropy "
-             "over the defenses' clean set (the paper does not say which data it used). ASR / ACC in %.", "",
-             "| Attack | Defense | λmax ours | λmax paper | trace ours | trace paper | ASR ours | ASR paper | ACC ours "
-             "| ACC paper |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in summary.itertuples():
-        lines.append(f"| {r.attack} | {r.defense} | {_cell(r.lambda_max, r.lambda_max_std, 2)} | "
-                     f"{_cell(r.paper_lambda_max, np.nan, 2)} | {_cell(r.trace, r.trace_se, 1)} | "
-                     f"{_cell(r.paper_trace, np.nan, 1)} | {_cell(r.asr, r.asr_std)} | {_cell(r.paper_asr, np.nan)} | "
-                     f"{_cell(r.acc, r.acc_std)} | {_cell(r.paper_acc, np.nan)} |")
+    """The sharpness columns (FIP Table 6): lambda_max and the Hessian's trace of each protocol beside the
+    paper's, with ASR / ACC; then the reductions (backdoored / purified) beside the paper's."""
+    protocols = [p for p in SHARPNESS_PROTOCOLS if f"lambda_max_{p}" in summary and
+                 summary[f"lambda_max_{p}"].notna().any()]
+    if not protocols:  # records made before the protocols were named: one measurement, on the clean set
+        summary = summary.assign(**{"lambda_max_held-out": summary["lambda_max"], "trace_held-out": summary["trace"]})
+        protocols = ["held-out"]
+    lines = [f"# {title}", "", f"Profile `{profile}`. lambda_max: the Hessian's largest eigenvalue (power iteration); "
+             "trace: Hutchinson's estimate (means over seeds) of the mean cross-entropy, by each protocol:", ""]
+    lines += [f"- **{p}**: {SHARPNESS_NOTE[p]}." for p in protocols] + ["", "ASR / ACC in %.", ""]
+    head = " | ".join([f"λmax {p}" for p in protocols] + ["λmax paper"] + [f"trace {p}" for p in protocols]
+                      + ["trace paper"])
+    lines += [f"| Attack | Defense | {head} | ASR ours | ASR paper | ACC ours | ACC paper |",
+              "|---|---|" + "---|" * (2 * len(protocols) + 6)]
+    for r in summary.to_dict("records"):
+        cells = [_cell(r[f"lambda_max_{p}"], np.nan, 2) for p in protocols] + [_cell(r["paper_lambda_max"], np.nan, 2)]
+        cells += [_cell(r[f"trace_{p}"], np.nan, 1) for p in protocols] + [_cell(r["paper_trace"], np.nan, 1)]
+        lines.append(f"| {r['attack']} | {r['defense']} | " + " | ".join(cells) + f" | {_cell(r['asr'], r['asr_std'])} | "
+                     f"{_cell(r['paper_asr'], np.nan)} | {_cell(r['acc'], r['acc_std'])} | {_cell(r['paper_acc'], np.nan)} |")
+    ratios = sharpness_ratios(summary, protocols)
+    if len(ratios):
+        lines += ["", "## Flattening: lambda_max of the backdoored model / lambda_max after the defense", "",
+                  "| Attack | Defense | " + " | ".join(f"ours, {p}" for p in protocols) + " | paper |",
+                  "|---|---|" + "---|" * (len(protocols) + 1)]
+        times = lambda value: "–" if pd.isna(value) else f"{value:.1f}x"  # noqa: E731
+        for r in ratios.to_dict("records"):
+            lines.append(f"| {r['attack']} | {r['defense']} | " + " | ".join(times(r[p]) for p in protocols)
+                         + f" | {times(r['paper'])} |")
     return "\n".join(lines) + "\n"
+
+
+def sharpness_ratios(summary: pd.DataFrame, protocols) -> pd.DataFrame:
+    """Per attack and defense: lambda_max before any defense / after it, by each protocol and in the paper."""
+    rows = []
+    for (network, attack, per_class), group in summary.groupby(["network", "attack", "clean_per_class"], sort=False):
+        base = group[group["defense"] == NO_DEFENSE]
+        if base.empty:
+            continue
+        base = base.iloc[0]
+        for r in group[group["defense"] != NO_DEFENSE].to_dict("records"):
+            rows.append({"attack": attack, "defense": r["defense"],
+                         **{p: base[f"lambda_max_{p}"] / r[f"lambda_max_{p}"] for p in protocols},
+                         "paper": base["paper_lambda_max"] / r["paper_lambda_max"]})
+    return pd.DataFrame(rows)
 
 
 def plot(summary: pd.DataFrame, title: str):
@@ -402,6 +452,7 @@ def write_outputs(records: pd.DataFrame, table_id: str, profile: str, output_dir
         drops = average_drop(summary, table_id)
         if len(drops):  # a table of models before any defense (FIP Figure 1) has none
             text += "\n" + average_drop_markdown(drops)
+    text += "\n" + protocol_markdown(records, table_id)
     (out / "table.md").write_text(text)
     figure = plot(summary, f"{table.paper} {table.id} ({profile})")
     figure.savefig(out / "asr_acc.png", dpi=120)

@@ -14,7 +14,20 @@ Lens of the Hessian", 2020):
 
 L is the mean cross-entropy over a data set (all of it: full-batch, computed in chunks), the network
 in eval mode (BN uses its running statistics), over every trainable parameter.  Which data is used
-is the caller's choice and must be stated beside the numbers (``sharpness`` records it).
+is the caller's choice and must be stated beside the numbers (``sharpness`` records it).  Two
+protocols are named (``SHARPNESS_PROTOCOLS``; settings in a profile's ``sharpness``):
+
+- "authors": as the FIP authors' ``Smoothness Analysis/hessian_analysis.py`` measures (PyHessian's
+  defaults): one batch of 200 clean *training* images the model learned from, augmented once by their
+  transform (crop with 1-pixel padding, flip), eval mode; power iteration and Hutchinson each up to
+  100 steps, stopped when the estimate (Hutchinson: the running mean) changes by < 1e-3 relatively.
+  Their batch is the first 200 of a fixed permutation; here 20 per class, seeded.
+- "held-out": the full-batch loss over the defenses' clean set (the reserve the model never saw, not
+  augmented), a fixed number of power iterations and Hutchinson samples.
+
+PyHessian itself is not used: its ``cuda=`` flag moves data by hand, several of its files still carry
+GPL headers beside its MIT licence, and it is unmaintained; these ~100 lines follow its stopping rules
+and are tested against the explicit Hessian.
 """
 from dataclasses import dataclass
 
@@ -68,29 +81,58 @@ def lambda_max(model, data: ImageSet, iterations=20, tol=1e-3, seed=0) -> float:
     return eigenvalue
 
 
-def hessian_trace(model, data: ImageSet, samples=50, seed=0):
-    """Hutchinson's estimate of tr(H) over ``samples`` Rademacher vectors: (mean, standard error)."""
+def hessian_trace(model, data: ImageSet, samples=50, seed=0, tol=None, counted=None):
+    """Hutchinson's estimate of tr(H) over up to ``samples`` Rademacher vectors: (mean, standard error).
+    ``tol``: stop early once the running mean changes by < tol relatively (PyHessian's rule; at least
+    two samples).  ``counted``: a dict that receives the number of samples drawn."""
     model.eval()
     params = _parameters(model)
     g = generator(seed, params[0].device)
     values = []
     for _ in range(samples):
         v = [torch.randint(0, 2, p.shape, generator=g, device=p.device).to(p.dtype) * 2 - 1 for p in params]
+        before = sum(values) / len(values) if values else None
         values.append(_dot(hessian_vector_product(model, data, v), v).item())
+        mean = sum(values) / len(values)
+        if tol is not None and before is not None and abs(mean - before) < tol * (abs(before) + 1e-6):
+            break
+    if counted is not None:
+        counted["samples"] = len(values)
     values = torch.tensor(values, dtype=torch.float64)
     error = (values.std(unbiased=True) / len(values) ** 0.5).item() if len(values) > 1 else float("nan")
     return values.mean().item(), error
 
 
-def sharpness(model, data: ImageSet, iterations=20, samples=50, seed=0, data_name="") -> dict:
+SHARPNESS_PROTOCOLS = ("authors", "held-out")
+
+
+def sharpness(model, data: ImageSet, iterations=20, samples=50, seed=0, data_name="", tol=None) -> dict:
     """lambda_max, tr(H) and its standard error over every parameter of the model (whatever a defense
-    left frozen), with what they were computed on."""
+    left frozen), with what they were computed on.  ``iterations`` / ``samples`` are caps when ``tol``
+    stops both estimates early (the authors' protocol), exact counts when it is None."""
+    counted = {}
     with frozen(model, trainable=list(model.parameters())):
-        trace, error = hessian_trace(model, data, samples=samples, seed=seed)
-        largest = lambda_max(model, data, iterations=iterations, seed=seed)
+        trace, error = hessian_trace(model, data, samples=samples, seed=seed, tol=tol, counted=counted)
+        largest = lambda_max(model, data, iterations=iterations, seed=seed, tol=tol if tol is not None else 1e-3)
     return {"lambda_max": largest, "trace": trace,
             "trace_se": error, "hessian_images": len(data), "hessian_data": data_name,
-            "hessian_settings": {"power_iterations": iterations, "hutchinson_samples": samples}}
+            "hessian_settings": {"power_iterations": iterations, "hutchinson_samples": samples, "tol": tol,
+                                 "hutchinson_samples_drawn": counted["samples"]}}
+
+
+def authors_batch(train: ImageSet, pool, images=200, padding=1, seed=0) -> ImageSet:
+    """The FIP authors' Hessian batch: ``images`` clean training images (``pool``: indices of ``train`` the
+    model learned from), class-balanced and seeded, each augmented once by their transform (random crop
+    with ``padding`` pixels of zero padding, horizontal flip).  uint8, as every image set: cropping and
+    flipping move pixels without changing their values."""
+    from .augment import random_crop_flip
+    from .data import class_balanced_split
+    per_class = max(1, images // train.num_classes)
+    picked = torch.as_tensor(pool)[class_balanced_split(train.labels[pool], per_class, seed)[0]]
+    chosen = train.subset(picked)
+    g = generator(seed + 7, "cpu")
+    moved = random_crop_flip(chosen.images.float(), padding=padding, generator=g)
+    return ImageSet(moved.round().to(torch.uint8), chosen.labels, chosen.num_classes)
 
 
 def _rademacher_unit(params, g):

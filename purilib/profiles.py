@@ -28,8 +28,13 @@ class Profile:
     defense_overrides: dict = field(default_factory=dict)  # defense name -> overrides
     attack_overrides: dict = field(default_factory=dict)  # attack class name -> kwargs (budgets of its networks)
     bf16: bool = False
-    # the sharpness measurement (tables with measures=("sharpness",)): power iterations, Hutchinson samples
-    sharpness: dict = field(default_factory=lambda: dict(iterations=20, samples=50))
+    # the Hessian measurements (hessian.SHARPNESS_PROTOCOLS), the first the headline: "authors" (FIP's code:
+    # one augmented batch of clean training images, both estimates to tol, capped) and "held-out" (the
+    # defenses' clean set, fixed counts).  The headline's data are those of the spectrum, the trajectory and
+    # the history too (FIP Figures 1 and 3)
+    sharpness: dict = field(default_factory=lambda: {
+        "authors": dict(images=200, padding=1, iterations=100, samples=100, tol=1e-3),
+        "held-out": dict(iterations=20, samples=50)})
     # the trajectory measurement (FIP Figure 3): points along the defense, test images, power iterations
     trajectory: dict = field(default_factory=lambda: dict(points=10, test_images=1000, iterations=10))
     # FIP Figure 1: the spectral density (stochastic Lanczos quadrature: runs x Lanczos steps) and the
@@ -58,7 +63,9 @@ PROFILES = {
         # 10 steps of 32 images: enough to exercise every defense; I-BAU's steps cost ~K + 3 passes each,
         # so it takes 5 steps with K = 2 fixed-point iterations (still a Neumann series, not one term)
         defense_overrides={"*": dict(steps=10, batch_size=32), "I-BAU": dict(steps=5, rounds=2, K=2)},
-        sharpness=dict(iterations=3, samples=3), trajectory=dict(points=4, test_images=200, iterations=3),
+        sharpness={"authors": dict(images=40, padding=1, iterations=3, samples=3, tol=1e-3),
+                   "held-out": dict(iterations=3, samples=3)},
+        trajectory=dict(points=4, test_images=200, iterations=3),
         spectrum=dict(runs=1, steps=10), history=dict(every=1, test_images=200, iterations=3),
         features=dict(per_class=10, poisoned=40, perplexity=10.0),
         # a 1/8-width network at batch 32 gains little from a second thread (measured 31 -> 22 ms a step);
@@ -87,7 +94,9 @@ PROFILES = {
         name="cpu",
         training=dict(dataset="cifar10", model="preact_resnet18", width=0.25, epochs=12, batch_size=128,
                       lr=0.1, nesterov=True, schedule="cosine", warmup_epochs=1, weight_decay=5e-4, bf16=True),
-        clean_per_class=50, bf16=True, sharpness=dict(iterations=20, samples=30),
+        clean_per_class=50, bf16=True,
+        sharpness={"authors": dict(images=200, padding=1, iterations=100, samples=100, tol=1e-3),
+                   "held-out": dict(iterations=20, samples=30)},
         # FIP's exact trace penalty costs a double backward (~5x a plain step on CPU): on this profile it
         # is added every 5th step, the cadence of the authors' released script; the paper profile adds it
         # every step, as the paper's objective

@@ -19,14 +19,15 @@ from .layers import frozen
 from .training import snapshot_paths
 from .trajectory import measure, test_subset
 
-def spectrum(model, clean, runs=1, steps=80, seed=0) -> dict:
-    """The record's spectrum: SLQ nodes and weights per run, lambda_max and the trace they give."""
+def spectrum(model, clean, runs=1, steps=80, seed=0, data_name="the defenses' clean set") -> dict:
+    """The record's spectrum: SLQ nodes and weights per run, lambda_max and the trace they give, of the loss
+    over ``clean`` (``data_name`` says what those images are)."""
     with frozen(model, trainable=list(model.parameters())):
         result = spectral_density(model, clean, runs=runs, steps=steps, seed=seed, grid=2)
     return {"spectrum": {"nodes": [a.tolist() for a in result.nodes], "weights": [w.tolist() for w in result.weights],
                          "runs": runs, "steps": steps, "n_params": result.n_params},
             "lambda_max": result.lambda_max, "trace": result.trace, "trace_se": result.trace_se,
-            "hessian_images": len(clean), "hessian_data": "the defenses' clean set"}
+            "hessian_images": len(clean), "hessian_data": data_name}
 
 
 def history(model, manifest, clean, test, attack, every=1, test_images=1000, iterations=10, device="cpu",

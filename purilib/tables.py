@@ -29,11 +29,17 @@ class Table:
     # profile -> the rows it runs when none are named (every row otherwise): smoke checks the plumbing, and
     # the rows a table shares with NFT Table 1 are checked there; this keeps the test suite in its budget
     default_rows: dict = None
+    # column -> where its clean data come from (data.CLEAN_SOURCES; "reserve", the held-out pool, otherwise):
+    # a paper table gives a method the data its authors' code gives it
+    clean_sources: dict = None
     description: str = ""  # one line for --list
 
     def rows(self, profile: str) -> tuple:
         """The rows a run on ``profile`` takes when it names none."""
         return (self.default_rows or {}).get(profile, self.attacks)
+
+    def clean_source(self, column) -> str:
+        return (self.clean_sources or {}).get(column, "reserve")
 
     def method(self, column):
         """The defense a column runs and the settings it overrides: ('NFT', {'lr': 0.5}) for a study's
@@ -55,6 +61,8 @@ TABLES = {
         attacks=("Benign",) + ATTACK_ROWS,
         defenses=("No defense", "FT", "ANP", "I-BAU", "AWM", "FT-SAM", "RNP", "NFT"),
         reference_files=("nft_table1.csv",),
+        # RNP's code (bboylyg/RNP, main.py) draws its 1% from the training split the model learned
+        clean_sources={"RNP": "train"},
         description="the 14 attacks against NFT and the baselines, beside the published cells"),
     "attacks": Table(
         id="attacks", paper="NFT (ECCV 2024)",

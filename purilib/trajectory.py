@@ -8,6 +8,7 @@ mask-based defenses).  The model's train / eval mode and its parameters' trainab
 restored after each point, so the defense goes on as if nothing was measured.
 """
 from .data import class_balanced_split
+from .devices import fork_rng
 from .hessian import lambda_max
 from .layers import frozen
 from .metrics import evaluate
@@ -36,6 +37,19 @@ def recorder(points: list, clean, test, attack, every: int, iterations=10, devic
         training = model.training
         points.append({"step": step + 1, **measure(model, clean, test, attack, iterations, device, bf16)})
         model.train(training)  # the defense goes on in the mode it was in
+    return record
+
+
+def checkpoint_recorder(points: list, test, attack, every: int, device="cpu", bf16=False):
+    """A callback that appends ACC / ASR / RA on ``test`` every ``every`` steps (a defense's checkpoints, as
+    the NFT release evaluates every 200 steps), leaving the defense's random state and mode as they were."""
+    def record(step, model):
+        if (step + 1) % every:
+            return
+        training = model.training
+        with fork_rng():  # an attack's test trigger may draw random numbers: the defense's stay its own
+            points.append({"step": step + 1, **evaluate(model, test, attack, device=device, bf16=bf16)})
+        model.train(training)
     return record
 
 

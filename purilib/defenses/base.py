@@ -31,6 +31,7 @@ from ..progress import progress
 class Defense:
     name = "defense"
     DEFAULTS: dict = {}
+    checkpoint_every = None  # steps between the checkpoints a table evaluates (the method's released cadence)
 
     def __init__(self, device="auto", bf16=False, seed=0, progress=True, callback=None, fast=True, **overrides):
         unknown = set(overrides) - set(self.DEFAULTS)

@@ -1,0 +1,339 @@
+"""The GPU campaign: a committed queue of full-width work and a runner that resumes it.
+
+A GPU is lent rarely, 15 minutes at a time (10 per command), on a fresh machine each time: only the files
+a command brings back survive.  So the work is a queue (``benchmarks/campaign.toml``), in priority order,
+of **units** one command can finish: one row of a table (its model trained on the device, then the
+table's columns on it), or one entry of a figure.  A unit's columns are split into **groups**, each run
+by its own process on the shared GPU; the first to need the row's model trains it and the others wait
+for it (the model cache's lock) and load it.
+
+``python -m purilib.campaign run --out DIR [--budget S] [--processes N]``:
+
+1. skips every unit whose records are already in the results folder (committed, made with the
+   unit's training recipe, defense settings and clean data: ``run_table(from_records=True)``);
+2. starts the others' groups in order, at most N processes at once, a unit only when its estimated
+   seconds fit in what is left of the budget; kills what still runs at the budget;
+3. after each group, packs every record made so far (and the models' manifests) into
+   ``DIR/records.tar.gz``, so a command killed at its limit still brings back every finished cell;
+4. prints, and writes to ``DIR/campaign.json``, which units it finished, which it left and why.
+
+``python -m purilib.campaign unpack DIR/records.tar.gz``, back here: the records into ``results/``, each
+touched table rendered from its records (``./reproduce.sh TABLE --from-records``, papermill), the results
+index refreshed.  ``python -m purilib.campaign list``: the queue, each unit done or not, the estimate of
+what is left.  ``--profile smoke --device cpu`` runs the same logic on this machine (the rehearsal the
+tests run).
+"""
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+from . import settings
+
+QUEUE = Path(__file__).resolve().parents[1] / "benchmarks" / "campaign.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    id: str
+    table: str
+    profile: str
+    attacks: tuple
+    groups: tuple          # tuples of columns, one process each
+    estimate_s: int        # wall seconds on one H200 shared with the campaign's other processes
+    model: str = None      # the network (None: the table's / profile's)
+    clean_per_class: int = None
+    why: str = ""
+
+    @property
+    def defenses(self):
+        return tuple(d for group in self.groups for d in group)
+
+
+def load_queue(path=None, profile=None) -> list:
+    """The queue's units, checked against the table registry (``profile``: every unit on that profile
+    instead, e.g. smoke for the CPU rehearsal)."""
+    from .tables import get_table
+    path = Path(path or QUEUE)
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    units, seen = [], set()
+    for entry in data.get("unit", []):
+        entry = dict(entry)
+        where = f"{path.name}: unit {entry.get('id', '?')!r}"
+        unknown = set(entry) - {f.name for f in dataclasses.fields(Unit)}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+        if entry.get("id") in seen:
+            raise ValueError(f"{where}: the id is used twice")
+        seen.add(entry["id"])
+        table = get_table(entry["table"])
+        groups = tuple(tuple(g) for g in entry.get("groups", [table.defenses]))
+        for name in entry["attacks"]:
+            if name not in table.attacks:
+                raise ValueError(f"{where}: {table.id} has no row {name!r}")
+        for name in (d for g in groups for d in g):
+            if name not in table.defenses:
+                raise ValueError(f"{where}: {table.id} has no column {name!r}")
+        units.append(Unit(**{**entry, "attacks": tuple(entry["attacks"]), "groups": groups,
+                             "profile": profile or entry["profile"]}))
+    return units
+
+
+def _run_kwargs(unit, defenses):
+    return dict(attacks=list(unit.attacks), defenses=list(defenses), model=unit.model,
+                clean_per_class=unit.clean_per_class)
+
+
+def is_done(unit, results=None) -> bool:
+    """Every cell of ``unit`` has a record in the results folder made with its recipe, settings and clean data."""
+    from .experiment import output_dir_for, run_table
+    out = output_dir_for(unit.table, unit.profile, None if results is None else Path(results) / unit.table / unit.profile)
+    try:
+        run_table(unit.table, unit.profile, from_records=True, output_dir=out, **_run_kwargs(unit, unit.defenses))
+    except ValueError:
+        return False
+    return True
+
+
+def run_group(unit, group, out, device="auto", data_root=None, cache_dir=None):
+    """One group of a unit's columns, here (the job a runner's process runs)."""
+    from .experiment import run_table
+    run_table(unit.table, unit.profile, device=device, data_root=data_root, cache_dir=cache_dir,
+              output_dir=Path(out) / unit.table / unit.profile, progress=False, workers=1,
+              **_run_kwargs(unit, unit.groups[group]))
+
+
+def pack(work: Path, cache_dir, target: Path):
+    """Every record under ``work`` and every model manifest of the cache into ``target`` (a .tar.gz),
+    written atomically."""
+    partial = target.with_name(target.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        for path in sorted(work.glob("*/*/records/*.json")):
+            tar.add(path, arcname=str(path.relative_to(work)))
+        for path in sorted(Path(settings.cache_dir(cache_dir)).glob("models/*/manifest.json")):
+            tar.add(path, arcname=f"manifests/{path.parent.name}.json")
+    partial.replace(target)
+
+
+def missing_packages(unit) -> list:
+    """Packages the unit's measurements import that this machine lacks (a GPU machine has no registry)."""
+    import importlib.util
+    from .tables import get_table
+    needs = ["sklearn"] if "features" in get_table(unit.table).measures else []  # the t-SNE of the figures
+    return [name for name in needs if importlib.util.find_spec(name) is None]
+
+
+def run(units, out, budget=540.0, processes=4, device="auto", data_root=None, cache_dir=None, results=None,
+        log=print) -> dict:
+    """Run the queue's units not yet done, as many as fit in ``budget`` seconds; return the summary."""
+    start = time.time()
+    out = Path(out)
+    work = Path(tempfile.mkdtemp(prefix="purilib-campaign-"))  # not under ``out``: only its few files come back
+    out.mkdir(parents=True, exist_ok=True)
+    done_before = [u.id for u in units if is_done(u, results)]
+    unable = {u.id: missing_packages(u) for u in units if u.id not in done_before and missing_packages(u)}
+    pending = [u for u in units if u.id not in done_before and u.id not in unable]
+    for unit_id, names in unable.items():
+        log(f"[0 s] {unit_id} left: needs {', '.join(names)}, missing here")
+    log(f"[0 s] {len(done_before)} units already recorded, {len(pending)} to do; budget {budget:.0f} s, "
+        f"{processes} processes")
+    jobs = [(u, i) for u in pending for i in range(len(u.groups))]
+    started_units, running, results_of = {}, {}, {u.id: [] for u in pending}
+    env = {**os.environ, "PURILIB_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
+    if cache_dir:
+        env["PURILIB_CACHE_DIR"] = str(cache_dir)
+    queue_file = work / "queue.json"
+    queue_file.write_text(json.dumps([dataclasses.asdict(u) for u in pending]))
+    (work / "logs").mkdir()
+    while jobs or running:
+        now = time.time() - start
+        for job in list(jobs):
+            unit, group = job
+            if len(running) >= processes:
+                break
+            if unit.id not in started_units and now + unit.estimate_s > budget:
+                continue  # does not fit in what is left: a smaller unit further down may
+            jobs.remove(job)
+            started_units.setdefault(unit.id, now)
+            command = [sys.executable, "-m", "purilib.campaign", "group", str(queue_file), unit.id, str(group),
+                       "--out", str(work), "--device", device] + (["--data-root", str(data_root)] if data_root else [])
+            logfile = open(work / "logs" / f"{unit.id}.{group}.log", "w")
+            running[subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT, env=env)] = (unit, group, now, logfile)
+            log(f"[{now:.0f} s] started {unit.id} group {group + 1}/{len(unit.groups)}: {', '.join(unit.groups[group])}")
+        if not running:
+            break  # nothing left that fits
+        time.sleep(0.5)
+        now = time.time() - start
+        for process, (unit, group, began, logfile) in list(running.items()):
+            code = process.poll()
+            if code is None and now < budget:
+                continue
+            if code is None:  # the budget is spent: stop it; its finished cells are recorded already
+                process.kill()
+                code = process.wait()
+                code = "killed at the budget"
+            logfile.close()
+            del running[process]
+            results_of[unit.id].append((group, code, round(now - began, 1)))
+            log(f"[{now:.0f} s] {unit.id} group {group + 1}/{len(unit.groups)}: exit {code} after {now - began:.0f} s")
+            pack(work, cache_dir, out / "records.tar.gz")
+    finished = [u.id for u in pending if len(results_of[u.id]) == len(u.groups)
+                and all(code == 0 for _, code, _ in results_of[u.id])]
+    partial = [u.id for u in pending if results_of[u.id] and u.id not in finished]
+    left = [u.id for u in pending if not results_of[u.id]] + list(unable)
+    seconds = round(time.time() - start, 1)
+    cells = len(list(work.glob("*/*/records/*.json")))
+    summary = {"seconds": seconds, "budget": budget, "processes": processes, "already_recorded": done_before,
+               "finished": finished, "partial": partial, "left": left, "missing_packages": unable, "cells": cells,
+               "cells_per_minute": round(cells / max(seconds, 1e-9) * 60, 2),
+               "groups": {k: v for k, v in results_of.items() if v}}
+    pack(work, cache_dir, out / "records.tar.gz")
+    with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
+        tar.add(work / "logs", arcname="logs")
+    (out / "campaign.json").write_text(json.dumps(summary, indent=1))
+    log(f"[{seconds:.0f} s] finished {len(finished)} units ({', '.join(finished) or 'none'}); partial "
+        f"{', '.join(partial) or 'none'}; left {len(left)} ({', '.join(left[:8])}{' ...' if len(left) > 8 else ''}); "
+        f"{cells} cells, {summary['cells_per_minute']} per minute")
+    return summary
+
+
+def unpack(archive, results=None, render=True, papermill=True, log=print) -> list:
+    """The archive's records into the results folder (nothing outside it: a member with another path is
+    refused), the manifests beside them in ``benchmarks/gpu/manifests/``; each touched (table, profile)
+    rendered from its records; returns the touched pairs."""
+    results = Path(results) if results else settings.results_dir()
+    touched = []
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar.getmembers():
+            parts = Path(member.name).parts
+            if not member.isfile() or ".." in parts or Path(member.name).is_absolute():
+                raise ValueError(f"{archive}: refusing member {member.name!r}")
+            if parts[0] == "manifests" and len(parts) == 2:
+                target = results / "benchmarks" / "gpu" / "manifests" / parts[1]
+            elif len(parts) == 4 and parts[2] == "records" and parts[3].endswith(".json"):
+                target = results / member.name
+                if (parts[0], parts[1]) not in touched:
+                    touched.append((parts[0], parts[1]))
+            else:
+                raise ValueError(f"{archive}: unexpected member {member.name!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+    log(f"unpacked {archive}: {', '.join(f'{t}/{p}' for t, p in touched) or 'no records'}")
+    if render:
+        for table, profile in touched:
+            render_from_records(table, profile, results, papermill=papermill, log=log)
+        from .index import write_index
+        write_index(results)
+    return touched
+
+
+def renderable(table_id, profile, results=None):
+    """(rows, columns) of the table that its records can render: the rows with any record, the table's
+    columns recorded (with the current settings) for every one of them."""
+    from .experiment import output_dir_for, run_table
+    from .tables import get_table
+    table = get_table(table_id)
+    out = output_dir_for(table_id, profile, None if results is None else Path(results) / table_id / profile)
+    names = {p.name.split("__")[0] for p in (out / "records").glob("*.json")}
+    rows = [a for a in table.attacks if a in names]
+    columns = []
+    for column in table.defenses:
+        try:
+            run_table(table_id, profile, attacks=rows, defenses=[column], from_records=True, output_dir=out)
+            columns.append(column)
+        except ValueError:
+            pass
+    return rows, columns
+
+
+def render_from_records(table_id, profile, results=None, papermill=True, log=print):
+    """The table's notebook executed from its records (papermill, through ./reproduce.sh), or, where papermill
+    is missing (or ``papermill=False``), its table.csv / table.md / figure written directly."""
+    from .experiment import output_dir_for, run_table, write_outputs
+    rows, columns = renderable(table_id, profile, results)
+    if not rows or not columns:
+        log(f"{table_id}/{profile}: nothing complete to render")
+        return
+    out = output_dir_for(table_id, profile, None if results is None else Path(results) / table_id / profile)
+    checkout = Path(__file__).resolve().parents[1]
+    try:
+        import papermill as _  # noqa: F401
+        papermill = papermill and (checkout / "reproduce.sh").exists()
+    except ImportError:
+        papermill = False
+    if papermill:
+        env = {**os.environ, "PURILIB_RESULTS_DIR": str(Path(results or settings.results_dir()).resolve()),
+               "PURILIB_PYTHON": sys.executable}
+        subprocess.run([str(checkout / "reproduce.sh"), table_id, "--profile", profile, "--attacks", ",".join(rows),
+                        "--defenses", ",".join(columns), "--from-records"], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    else:
+        records = run_table(table_id, profile, attacks=rows, defenses=columns, from_records=True, output_dir=out)
+        write_outputs(records, table_id, profile, out)
+    log(f"{table_id}/{profile}: rendered {len(rows)} rows x {len(columns)} columns from records")
+
+
+def _main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m purilib.campaign", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    listing = sub.add_parser("list", help="the queue, each unit done or not")
+    go = sub.add_parser("run", help="run what is not yet recorded, within the budget")
+    for p in (listing, go):
+        p.add_argument("--queue", default=None)
+        p.add_argument("--profile", default=None, help="every unit on this profile (smoke: the CPU rehearsal)")
+        p.add_argument("--results", default=None)
+    go.add_argument("--out", required=True)
+    go.add_argument("--budget", type=float, default=540.0)
+    go.add_argument("--processes", type=int, default=4)
+    go.add_argument("--device", default="auto")
+    go.add_argument("--data-root", default=None)
+    go.add_argument("--cache-dir", default=None)
+    group = sub.add_parser("group", help=argparse.SUPPRESS)
+    group.add_argument("queue_json")
+    group.add_argument("unit")
+    group.add_argument("group", type=int)
+    group.add_argument("--out", required=True)
+    group.add_argument("--device", default="auto")
+    group.add_argument("--data-root", default=None)
+    back = sub.add_parser("unpack", help="bring a run's records.tar.gz into results/ and render what it touched")
+    back.add_argument("archive")
+    back.add_argument("--results", default=None)
+    back.add_argument("--no-render", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "group":
+        units = {u["id"]: u for u in json.loads(Path(args.queue_json).read_text())}
+        entry = units[args.unit]
+        unit = Unit(**{**entry, "attacks": tuple(entry["attacks"]), "groups": tuple(map(tuple, entry["groups"]))})
+        run_group(unit, args.group, args.out, device=args.device, data_root=args.data_root)
+        return 0
+    if args.command == "unpack":
+        unpack(args.archive, args.results, render=not args.no_render)
+        return 0
+    units = load_queue(args.queue, args.profile)
+    if args.command == "list":
+        left = 0
+        for u in units:
+            done = is_done(u, args.results)
+            left += 0 if done else u.estimate_s
+            print(f"{'done' if done else '    '}  {u.id:<34} {u.table}/{u.profile} {','.join(u.attacks)}"
+                  f"{' ' + u.model if u.model else ''}{f' {u.clean_per_class}/class' if u.clean_per_class else ''}"
+                  f"  ~{u.estimate_s} s")
+        print(f"{sum(not is_done(u, args.results) for u in units)} of {len(units)} units left, ~{left} s of GPU "
+              "time estimated (shared by the runner's processes)")
+        return 0
+    run(units, args.out, budget=args.budget, processes=args.processes, device=args.device,
+        data_root=args.data_root, cache_dir=args.cache_dir, results=args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,98 @@
+"""The GPU campaign's runner rehearsed on the CPU with the smoke profile: the same queue logic (skip what is
+recorded, stop at the budget, bring the records back, render from them), so that no GPU minute is spent on
+a runner bug."""
+import json
+import tarfile
+
+import pytest
+
+from purilib import campaign
+
+QUEUE = '''
+[[unit]]
+id = "t1-BadNets"
+table = "nft-table1"
+profile = "gpu"
+attacks = ["BadNets"]
+groups = [["No defense", "FT"], ["NFT"]]
+estimate_s = 5
+
+[[unit]]
+id = "too-long"
+table = "nft-table1"
+profile = "gpu"
+attacks = ["Blend"]
+groups = [["No defense"]]
+estimate_s = 100000
+
+[[unit]]
+id = "defenses-BadNets"
+table = "defenses"
+profile = "gpu"
+attacks = ["BadNets"]
+groups = [["No defense", "NGF"]]
+estimate_s = 5
+'''
+
+
+def test_the_committed_queue_names_only_rows_and_columns_its_tables_have():
+    units = campaign.load_queue()
+    assert len(units) > 50 and len({u.id for u in units}) == len(units)
+    assert units[0].profile == "paper" and units[0].table == "nft-study"  # the protocols issue's first
+    assert all(u.estimate_s > 0 and u.groups for u in units)
+
+
+def test_a_bad_queue_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "q.toml"
+    path.write_text(QUEUE.replace('["NFT"]', '["MagicFix"]'))
+    with pytest.raises(ValueError, match="nft-table1 has no column 'MagicFix'"):
+        campaign.load_queue(path)
+    path.write_text(QUEUE.replace('id = "too-long"', 'id = "t1-BadNets"'))
+    with pytest.raises(ValueError, match="used twice"):
+        campaign.load_queue(path)
+
+
+def test_the_runner_skips_what_is_recorded_stops_at_the_budget_and_brings_back_records(tmp_path):
+    queue = tmp_path / "q.toml"
+    queue.write_text(QUEUE)
+    units = campaign.load_queue(queue, profile="smoke")
+    assert {u.profile for u in units} == {"smoke"}
+    results, out = tmp_path / "results", tmp_path / "out"
+    lines = []
+    summary = campaign.run(units, out, budget=300, processes=2, device="cpu", results=results, log=lines.append)
+    assert summary["finished"] == ["t1-BadNets", "defenses-BadNets"] and summary["left"] == ["too-long"]
+    assert summary["cells"] == 5 and json.loads((out / "campaign.json").read_text())["finished"] == summary["finished"]
+    with tarfile.open(out / "records.tar.gz") as tar:
+        names = tar.getnames()
+    assert "nft-table1/smoke/records/BadNets__NFT__seed0.json" in names
+    assert any(n.startswith("manifests/") for n in names)  # the models' manifests travel too
+    # back here: the records into the results folder, each touched table rendered from them
+    touched = campaign.unpack(out / "records.tar.gz", results, render=True, papermill=False, log=lines.append)
+    assert sorted(touched) == [("defenses", "smoke"), ("nft-table1", "smoke")]
+    table = (results / "nft-table1" / "smoke" / "table.md").read_text()
+    assert "| BadNets | NFT |" in table and "| BadNets | FT |" in table
+    assert (results / "README.md").exists()  # the index, refreshed
+    assert campaign.renderable("nft-table1", "smoke", results) == (["BadNets"], ["No defense", "FT", "NFT"])
+    # a second run finds them recorded and runs nothing of them
+    again = campaign.run(units, tmp_path / "out2", budget=300, processes=2, device="cpu", results=results,
+                         log=lines.append)
+    assert again["already_recorded"] == ["t1-BadNets", "defenses-BadNets"] and again["cells"] == 0
+    # a unit still running at the budget is stopped; what it finished would still come back
+    stopped = campaign.run(units[1:2], tmp_path / "out3", budget=1.0, processes=1, device="cpu", results=results,
+                           log=lines.append)
+    assert stopped["left"] == ["too-long"]  # its estimate does not fit: never started
+    short = [campaign.Unit(**{**units[1].__dict__, "estimate_s": 0})]
+    stopped = campaign.run(short, tmp_path / "out4", budget=1.0, processes=1, device="cpu", results=results,
+                           log=lines.append)
+    assert stopped["partial"] == ["too-long"] and stopped["groups"]["too-long"][0][1] == "killed at the budget"
+    assert (tmp_path / "out4" / "records.tar.gz").exists()
+
+
+def test_unpack_refuses_a_member_outside_the_results(tmp_path):
+    archive = tmp_path / "bad.tar.gz"
+    payload = tmp_path / "x.json"
+    payload.write_text("{}")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(payload, arcname="../../etc/x.json")
+    with pytest.raises(ValueError, match="refusing member"):
+        campaign.unpack(archive, tmp_path / "results", render=False)
