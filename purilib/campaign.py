@@ -235,30 +235,41 @@ def unpack(archive, results=None, render=True, papermill=True, log=print) -> lis
     return touched
 
 
-def renderable(table_id, profile, results=None):
-    """(rows, columns) of the table that its records can render: the rows with any record, the table's
-    columns recorded (with the current settings) for every one of them."""
+def renderable(table_id, profile, results=None) -> dict:
+    """What the table's records can render: the networks, the rows with any record, the table's columns
+    recorded (with the current settings) for every one of them, and the amount of clean data where the
+    records have a single one (else None: every amount the profile reserves)."""
+    from .cells import resolve_profile
     from .experiment import output_dir_for, run_table
     from .tables import get_table
     table = get_table(table_id)
     out = output_dir_for(table_id, profile, None if results is None else Path(results) / table_id / profile)
-    names = {p.name.split("__")[0] for p in (out / "records").glob("*.json")}
-    rows = [a for a in table.attacks if a in names]
+    found = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
+    rows = [a for a in table.attacks if a in {r["attack"] for r in found}]
+    networks = sorted({r.get("network") for r in found if r.get("network")})
+    amounts = sorted({r.get("clean_per_class") for r in found if r.get("clean_per_class")})
+    # a table over amounts (AWM Table 1): the one amount recorded, else every amount (each must be complete)
+    clean = amounts[0] if table.clean_amounts and len(amounts) == 1 else None
+    model = networks if networks and networks != sorted(table.models) else None  # None: the table's own
+    if model == [resolve_profile(profile, dataset=table.dataset).training["model"]]:
+        model = None
     columns = []
     for column in table.defenses:
         try:
-            run_table(table_id, profile, attacks=rows, defenses=[column], from_records=True, output_dir=out)
+            run_table(table_id, profile, attacks=rows, defenses=[column], from_records=True, output_dir=out,
+                      model=model, clean_per_class=clean)
             columns.append(column)
         except ValueError:
             pass
-    return rows, columns
+    return {"rows": rows, "columns": columns, "model": model, "clean_per_class": clean}
 
 
 def render_from_records(table_id, profile, results=None, papermill=True, log=print):
     """The table's notebook executed from its records (papermill, through ./reproduce.sh), or, where papermill
     is missing (or ``papermill=False``), its table.csv / table.md / figure written directly."""
     from .experiment import output_dir_for, run_table, write_outputs
-    rows, columns = renderable(table_id, profile, results)
+    plan = renderable(table_id, profile, results)
+    rows, columns, model = plan["rows"], plan["columns"], plan["model"]
     if not rows or not columns:
         log(f"{table_id}/{profile}: nothing complete to render")
         return
@@ -272,13 +283,17 @@ def render_from_records(table_id, profile, results=None, papermill=True, log=pri
     if papermill:
         env = {**os.environ, "PURILIB_RESULTS_DIR": str(Path(results or settings.results_dir()).resolve()),
                "PURILIB_PYTHON": sys.executable}
-        subprocess.run([str(checkout / "reproduce.sh"), table_id, "--profile", profile, "--attacks", ",".join(rows),
-                        "--defenses", ",".join(columns), "--from-records"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        command = [str(checkout / "reproduce.sh"), table_id, "--profile", profile, "--attacks", ",".join(rows),
+                   "--defenses", ",".join(columns), "--from-records"]
+        command += ["--model", ",".join(model)] if model else []
+        command += ["--clean-per-class", str(plan["clean_per_class"])] if plan["clean_per_class"] else []
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
     else:
-        records = run_table(table_id, profile, attacks=rows, defenses=columns, from_records=True, output_dir=out)
+        records = run_table(table_id, profile, attacks=rows, defenses=columns, from_records=True, output_dir=out,
+                            model=model, clean_per_class=plan["clean_per_class"])
         write_outputs(records, table_id, profile, out)
-    log(f"{table_id}/{profile}: rendered {len(rows)} rows x {len(columns)} columns from records")
+    log(f"{table_id}/{profile}: rendered {len(rows)} rows x {len(columns)} columns"
+        f"{' on ' + ', '.join(model) if model else ''} from records")
 
 
 def _main(argv=None):

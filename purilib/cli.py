@@ -87,8 +87,8 @@ def check(argv):
         _unknown(defenses, table.defenses, "column (defense)", table)
     for table in tables:  # each table's data under the profile: CIFAR-10 (32x32), or its ImageNet recipe's
         recipe = for_dataset(profile, table.dataset)
-        if args.model is not None:
-            _check_model(args.model, table, image_size(recipe))
+        for name in _names(args.model) or []:  # one network, or several side by side (a,b)
+            _check_model(name, table, image_size(recipe))
         pool = reserved_per_class(recipe)
         if args.clean_per_class is not None and not 1 <= args.clean_per_class <= pool:
             raise ValueError(f"--clean-per-class must be in 1..{pool}: the {profile.name} profile reserves {pool} "

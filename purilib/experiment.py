@@ -53,7 +53,8 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     train and run nothing, tabulate the records already in ``output_dir`` (made on another machine,
     a GPU one say); each must match the requested cell's training recipe and defense settings.
     ``model``: the network every model of the grid is (default: the table's networks, else the profile's,
-    the one the paper names); e.g. "resnet18", the NFT / FIP authors' own.  A table over amounts of clean
+    the one the paper names); e.g. "resnet18", the NFT / FIP authors' own; several (a list, or names
+    separated by commas): a grid of each, side by side in the table.  A table over amounts of clean
     data (``Table.clean_amounts``) runs each amount the profile reserves, unless ``clean_per_class``
     names one.  ``workers`` / ``executor``: see :mod:`purilib.executor` (several local processes, one
     GPU each where there are GPUs; or a Ray cluster); the records are the same whatever runs them.
@@ -83,7 +84,10 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     _check_names(defenses, table.defenses, "defenses", table)
     if not (isinstance(seeds, int) and seeds >= 1):
         raise ValueError(f"seeds must be a positive integer, not {seeds!r}")
-    networks = [model] if model is not None else list(table.models or [None])
+    if isinstance(model, str) and "," in model:  # several networks side by side: "preact_resnet18,resnet18"
+        model = [name.strip() for name in model.split(",") if name.strip()]
+    networks = list(model) if isinstance(model, (list, tuple)) else [model] if model is not None \
+        else list(table.models or [None])
     for network in networks:
         if network is not None:
             create_model(network, input_size=(image_size(prof),) * 2)  # an unknown name or size fails here, first

@@ -21,7 +21,8 @@ def mask_table(records: pd.DataFrame) -> pd.DataFrame:
         stats = r.defense_stats if isinstance(getattr(r, "defense_stats", None), dict) else {}
         means = stats.get("mask_mean_per_layer") or [np.nan]
         entries = stats.get("mask_entries") or np.nan
-        rows.append({"attack": r.attack, "variant": r.defense, "seed": r.seed, "acc": r.acc, "asr": r.asr,
+        network = r.network if isinstance(getattr(r, "network", None), str) else ""
+        rows.append({"network": network, "attack": r.attack, "variant": r.defense, "seed": r.seed, "acc": r.acc, "asr": r.asr,
                      "ra": r.ra, "acc_before": r.acc_before, "asr_before": r.asr_before,
                      "mask_layers": len(means) if stats else np.nan,
                      "mean_of_layer_means": float(np.mean(means)), "lowest_layer_mean": float(np.min(means)),
@@ -33,11 +34,13 @@ def mask_table(records: pd.DataFrame) -> pd.DataFrame:
 def findings(masks: pd.DataFrame) -> str:
     """The study's answer per attack, in sentences made from the numbers."""
     lines = []
-    for attack, group in masks.groupby("attack", sort=False):
+    several = masks["network"].nunique() > 1 if len(masks) else False  # networks side by side: named
+    for (network, attack), group in masks.groupby(["network", "attack"], sort=False):
         group = group.groupby("variant", sort=False)[["acc", "asr", "acc_before", "asr_before",
                                                        "below_half_percent"]].mean()
         first = group.iloc[0]
-        text = [f"**{attack}** (before purification: ACC {first.acc_before:.1f}, ASR {first.asr_before:.1f})."]
+        name = f"{attack} on {network}" if several else attack
+        text = [f"**{name}** (before purification: ACC {first.acc_before:.1f}, ASR {first.asr_before:.1f})."]
         if "released" in group.index:
             r = group.loc["released"]
             text.append(f"NFT as released: ACC {r.acc:.1f}, ASR {r.asr:.1f}, {r.below_half_percent:.1f}% of the "
@@ -71,10 +74,11 @@ def write_outputs(records: pd.DataFrame, profile: str, output_dir=None):
 
 def mask_markdown(masks: pd.DataFrame) -> str:
     """``mask_table`` as a Markdown table (ACC / ASR / RA in %, masks' statistics)."""
+    several = masks["network"].nunique() > 1 if len(masks) else False
     lines = ["| Attack | Variant | ACC | ASR | RA | mask layers | mean of layer means | lowest layer mean "
              "| entries < 0.5 (%) | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in masks.itertuples():
-        lines.append(f"| {r.attack} | {r.variant} | {r.acc:.1f} | {r.asr:.1f} | {r.ra:.1f} | {r.mask_layers:.0f} | "
+        lines.append(f"| {r.attack}{f' ({r.network})' if several else ''} | {r.variant} | {r.acc:.1f} | {r.asr:.1f} | {r.ra:.1f} | {r.mask_layers:.0f} | "
                      f"{r.mean_of_layer_means:.3f} | {r.lowest_layer_mean:.3f} | {r.below_half_percent:.1f} | "
                      f"{r.seconds:.0f} |")
     return "\n".join(lines) + "\n"

@@ -26,6 +26,15 @@ groups = [["No defense"]]
 estimate_s = 100000
 
 [[unit]]
+id = "study-resnet18"
+table = "nft-study"
+profile = "gpu"
+attacks = ["BadNets"]
+groups = [["No defense", "released"]]
+estimate_s = 5
+model = "resnet18"
+
+[[unit]]
 id = "defenses-BadNets"
 table = "defenses"
 profile = "gpu"
@@ -60,25 +69,29 @@ def test_the_runner_skips_what_is_recorded_stops_at_the_budget_and_brings_back_r
     results, out = tmp_path / "results", tmp_path / "out"
     lines = []
     summary = campaign.run(units, out, budget=300, processes=2, device="cpu", results=results, log=lines.append)
-    assert summary["finished"] == ["t1-BadNets", "defenses-BadNets"] and summary["left"] == ["too-long"]
-    assert summary["cells"] == 5 and json.loads((out / "campaign.json").read_text())["finished"] == summary["finished"]
+    assert summary["finished"] == ["t1-BadNets", "study-resnet18", "defenses-BadNets"]
+    assert summary["left"] == ["too-long"]
+    assert summary["cells"] == 7 and json.loads((out / "campaign.json").read_text())["finished"] == summary["finished"]
     with tarfile.open(out / "records.tar.gz") as tar:
         names = tar.getnames()
     assert "nft-table1/smoke/records/BadNets__NFT__seed0.json" in names
     assert any(n.startswith("manifests/") for n in names)  # the models' manifests travel too
     # back here: the records into the results folder, each touched table rendered from them
     touched = campaign.unpack(out / "records.tar.gz", results, render=True, papermill=False, log=lines.append)
-    assert sorted(touched) == [("defenses", "smoke"), ("nft-table1", "smoke")]
+    assert sorted(touched) == [("defenses", "smoke"), ("nft-study", "smoke"), ("nft-table1", "smoke")]
     table = (results / "nft-table1" / "smoke" / "table.md").read_text()
     assert "| BadNets | NFT |" in table and "| BadNets | FT |" in table
     assert (results / "README.md").exists()  # the index, refreshed
-    assert campaign.renderable("nft-table1", "smoke", results) == (["BadNets"], ["No defense", "FT", "NFT"])
+    study = (results / "nft-study" / "smoke" / "table.csv").read_text()
+    assert "resnet18" in study and "released" in study  # another network than the profile's: rendered as such
+    plan = campaign.renderable("nft-table1", "smoke", results)
+    assert (plan["rows"], plan["columns"], plan["model"]) == (["BadNets"], ["No defense", "FT", "NFT"], None)
     # a second run finds them recorded and runs nothing of them
     again = campaign.run(units, tmp_path / "out2", budget=300, processes=2, device="cpu", results=results,
                          log=lines.append)
-    assert again["already_recorded"] == ["t1-BadNets", "defenses-BadNets"] and again["cells"] == 0
+    assert again["already_recorded"] == ["t1-BadNets", "study-resnet18", "defenses-BadNets"] and again["cells"] == 0
     # a unit still running at the budget is stopped; what it finished would still come back
-    stopped = campaign.run(units[1:2], tmp_path / "out3", budget=1.0, processes=1, device="cpu", results=results,
+    stopped = campaign.run([units[1]], tmp_path / "out3", budget=1.0, processes=1, device="cpu", results=results,
                            log=lines.append)
     assert stopped["left"] == ["too-long"]  # its estimate does not fit: never started
     short = [campaign.Unit(**{**units[1].__dict__, "estimate_s": 0})]
