@@ -1,0 +1,62 @@
+"""``python -m purilib`` (also the ``purilib`` command): one way in.
+
+    purilib run TABLE [options]        regenerate a table (./reproduce.sh's options; papermill executes its notebook)
+    purilib list                       the tables and profiles
+    purilib render TABLE --profile P   the table rendered from its records (nothing trained)
+    purilib index [RESULTS_DIR]        rewrite results/README.md's index from the records
+    purilib purify CHECKPOINT ...      purify your own model (python -m purilib purify --help)
+    purilib campaign run|list|unpack   the GPU campaign's queue (python -m purilib campaign --help)
+
+argparse, as the rest of purilib: no dependency for a handful of subcommands.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+USAGE = __doc__.split("\n\n")[1]
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
+    try:
+        if command == "run":  # the notebook through papermill, as ./reproduce.sh does it (that script is the runner)
+            script = Path(__file__).resolve().parents[1] / "reproduce.sh"
+            if not script.exists():
+                raise ValueError("purilib run needs the checkout's reproduce.sh (purilib installed from a clone)")
+            env = {**os.environ, "PURILIB_PYTHON": os.environ.get("PURILIB_PYTHON", sys.executable)}
+            return subprocess.call([str(script), *rest], env=env)
+        if command in ("list", "index", "check"):
+            from .cli import main as cli_main
+            return cli_main([command, *rest])
+        if command == "render":
+            import argparse
+
+            from .campaign import render_from_records
+            parser = argparse.ArgumentParser(prog="purilib render")
+            parser.add_argument("table")
+            parser.add_argument("--profile", default="smoke")
+            parser.add_argument("--results", default=None)
+            args = parser.parse_args(rest)
+            render_from_records(args.table, args.profile, args.results)
+            return 0
+        if command == "purify":
+            from .purify_command import purify_command
+            purify_command(rest)
+            return 0
+        if command == "campaign":
+            from .campaign import _main
+            return _main(rest)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if command in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    print(f"error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
