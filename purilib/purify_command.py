@@ -136,7 +136,7 @@ def purify_command(argv=None, out=print) -> dict:
                                **json.loads(args.attack_kwargs))
 
     before = evaluate(model, test, attack, device=device)
-    out(f"before: " + ", ".join(f"{k.upper()} {v:.1f}" for k, v in before.items()) + f"  ({len(test)} test images)")
+    out("before: " + ", ".join(f"{k.upper()} {v:.1f}" for k, v in before.items()) + f"  ({len(test)} test images)")
     start = time.time()
     purified = defense.purify(model, clean)
     seconds = time.time() - start
