@@ -37,7 +37,8 @@ def main():
         key, value = item.split("=", 1)
         training[key] = literal(value)
     model, manifest = train_backdoored_model(attack=args.attack, **training)
-    train, _, test, attack, _, reserved = load_training_data(manifest["config"])
+    data = load_training_data(manifest["config"])
+    train, test, attack, reserved = data.train, data.test, data.attack, data.reserved
     restore_attack(attack, manifest)
     clean = clean_subset(train, reserved, profile.clean_per_class, seed=0)
     print("before", {k: manifest[k] for k in ("acc", "asr", "ra") if k in manifest},

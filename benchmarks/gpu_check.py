@@ -98,7 +98,8 @@ def main(argv=None):
 
     if "BadNets" in trained:
         model, manifest = trained["BadNets"]
-        train_set, _, test, attack, _, reserved = load_training_data(manifest["config"], args.data_root, cache, device)
+        data = load_training_data(manifest["config"], args.data_root, cache, device)
+        train_set, test, attack, reserved = data.train, data.test, data.attack, data.reserved
         clean = clean_subset(train_set, reserved, per_class=10)
 
         def purify(name):

@@ -35,7 +35,8 @@ def main():
     args = parser.parse_args()
     profile = get_profile(args.profile)
     model, manifest = train_backdoored_model(attack=args.attack, **training_settings(profile, args.attack))
-    train, _, test, attack, _, reserved = load_training_data(manifest["config"])
+    data = load_training_data(manifest["config"])
+    train, test, attack, reserved = data.train, data.test, data.attack, data.reserved
     restore_attack(attack, manifest)
     clean = clean_subset(train, reserved, profile.clean_per_class, seed=0)
     print(json.dumps({"variant": "no defense", **{k: manifest[k] for k in ("acc", "asr")}}), flush=True)

@@ -21,7 +21,8 @@ def backdoored(attack_name, profile, seed=0, device="cpu", data_root=None, cache
     """(model, manifest, attack, test set) for one attack of a profile, trained or cached."""
     model, manifest = train_backdoored_model(attack=attack_name, seed=seed, device=device, data_root=data_root,
                                              cache_dir=cache_dir, **training_settings(profile, attack_name))
-    _, _, test, attack, _, _ = load_training_data(manifest["config"], data_root, cache_dir, device)
+    data = load_training_data(manifest["config"], data_root, cache_dir, device)
+    test, attack = data.test, data.attack
     return model, manifest, restore_attack(attack, manifest, cache_dir), test
 
 

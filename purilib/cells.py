@@ -101,10 +101,10 @@ def prepare_row(prof, attack_name, seed, clean_per_class, device, data_root=None
     model, manifest = train_backdoored_model(attack=attack_name, seed=seed, device=device, data_root=data_root,
                                              cache_dir=cache_dir, snapshot_every=snapshots,
                                              **training_settings(prof, attack_name))
-    train, _, test, attack, poison_idx, reserved = load_training_data(manifest["config"], data_root, cache_dir, device)
-    restore_attack(attack, manifest, cache_dir)
-    return Row(attack_name, model, manifest, attack, train, reserved, poison_idx, clean_per_class, seed, test, device,
-               prof.bf16)
+    data = load_training_data(manifest["config"], data_root, cache_dir, device)
+    restore_attack(data.attack, manifest, cache_dir)
+    return Row(attack_name, model, manifest, data.attack, data.train, data.reserved, data.poison_idx, clean_per_class,
+               seed, data.test, device, prof.bf16)
 
 
 def record_path(out, prof, attack_name, defense_name, seed, per_class) -> Path:

@@ -12,9 +12,9 @@
 
 A profile fixes how models are trained, how much clean data the defenses get
 (``clean_per_class``; the papers' 1% of CIFAR-10 is 50 per class) and any
-budget override of a defense (``defense_overrides``) or of an attack's own
-networks (``attack_overrides``, keyed by the attack's class name; recorded in
-the model's manifest); the methods' own hyperparameters stay in their modules.
+budget override of a defense (``defense_overrides``, keyed by the defense's registry name) or of an
+attack's own networks (``attack_overrides``, keyed by the attack's registry name: "Dynamic" serves the
+table's Dyn-one and Dyn-all; recorded in the model's manifest); the methods' own hyperparameters stay in their modules.
 """
 import dataclasses
 from dataclasses import dataclass, field
@@ -26,7 +26,7 @@ class Profile:
     training: dict
     clean_per_class: int = 50
     defense_overrides: dict = field(default_factory=dict)  # defense name -> overrides
-    attack_overrides: dict = field(default_factory=dict)  # attack class name -> kwargs (budgets of its networks)
+    attack_overrides: dict = field(default_factory=dict)  # attack registry name -> kwargs (budgets of its networks)
     bf16: bool = False
     # the Hessian measurements (hessian.SHARPNESS_PROTOCOLS), the first the headline: "authors" (FIP's code:
     # one augmented batch of clean training images, both estimates to tol, capped) and "held-out" (the
@@ -84,7 +84,7 @@ PROFILES = {
                           "TrojanNN": dict(trigger_steps=50, size=8, border=0, poison_rate=0.2),
                           "CLB": dict(pgd_steps=5, pgd_step=2.0, cell=3),
                           "ISSBA": dict(encoder_steps=30, width=8, batch_size=32),
-                          "InputAwareDynamic": dict(generator_width=4, mask_epochs=1, mask_batch_size=16,
+                          "Dynamic": dict(generator_width=4, mask_epochs=1, mask_batch_size=16,
                                                     mask_density=0.25, poison_rate=0.3),
                           "LIRA": dict(generator_width=4, lr_generator=1e-3, generator_batch_fraction=0.25, eps=0.03),
                           "FBA": dict(generator_width=8, res_blocks=1, style_steps=100, style_batch_size=32,
@@ -109,7 +109,7 @@ PROFILES = {
         # 2.7 without; 8 levels: 99.7; results/attacks/cpu_profile_calibration.md)
         attack_overrides={"CLB": dict(pgd_steps=10, pgd_step=2.0),
                           "ISSBA": dict(encoder_steps=1500, width=16, batch_size=32),
-                          "InputAwareDynamic": dict(generator_width=8, mask_epochs=1),
+                          "Dynamic": dict(generator_width=8, mask_epochs=1),
                           "LIRA": dict(generator_width=8, generator_batch_fraction=0.25),
                           "FBA": dict(generator_width=16, res_blocks=2, style_steps=500, detox_images=500,
                                       detox_epochs=5),
@@ -205,8 +205,8 @@ def for_dataset(profile: Profile, dataset: str) -> Profile:
 def training_settings(profile: Profile, attack: str) -> dict:
     """The profile's training recipe for ``attack`` (a table name), its attack budgets included."""
     from .attacks import attack_class
-    cls = attack_class(attack)
-    kwargs = profile.attack_overrides.get(cls.__name__, {}) if cls is not None else {}
+    cls = attack_class(attack)  # checks the name; its registry name keys the overrides
+    kwargs = profile.attack_overrides.get(cls.name, {}) if cls is not None else {}
     return {**profile.training, "attack_kwargs": dict(kwargs)}
 
 

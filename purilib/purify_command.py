@@ -115,8 +115,8 @@ def purify_command(argv=None, out=print) -> dict:
     attack = train = None
     if manifest is not None and (args.clean_per_class or not args.test):
         from .training import load_training_data, restore_attack
-        train, _, test, attack, _, reserved = load_training_data(config, args.data_root, None, device)
-        restore_attack(attack, manifest)
+        data = load_training_data(config, args.data_root, None, device)
+        train, test, attack, reserved = data.train, data.test, restore_attack(data.attack, manifest), data.reserved
     elif args.clean_per_class:
         train = load_cifar10("train", args.data_root)
         _, reserved = defense_split(train)

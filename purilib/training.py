@@ -25,6 +25,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ from . import settings
 from .attacks import AttackContext, create_attack
 from .augment import random_crop_flip
 from .checkpoints import load_weights, save_weights, weights_digest
-from .data import create_dataset, defense_split
+from .data import ImageSet, create_dataset, defense_split
 from .devices import device_name, fork_rng, generator, resolve_device
 from .metrics import evaluate
 from .models import create_model
@@ -66,10 +67,19 @@ def learning_rate(config, step, steps_per_epoch):
     return config["lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction)))
 
 
-def load_training_data(config, data_root=None, cache_dir=None, device="cpu"):
-    """(full training set, poisoned attack-training part, clean test set, attack, poison indices,
-    reserved pool indices).  The last result is kept, so the table runner's second call for the
-    model it just trained costs nothing."""
+class TrainingData(NamedTuple):
+    """What a model's training configuration gives: the data and the attack (a tuple too, in this order)."""
+    train: ImageSet            # the full training split, clean
+    attack_train: ImageSet     # what the model trains on: the split minus the reserve, poisoned
+    test: ImageSet             # the clean test split
+    attack: object             # the attack (None for Benign), its learned state not yet restored
+    poison_idx: torch.Tensor   # indices (of ``train``) of the poisoned images
+    reserved: torch.Tensor     # indices (of ``train``) of the defenses' held-out reserve
+
+
+def load_training_data(config, data_root=None, cache_dir=None, device="cpu") -> TrainingData:
+    """The data and the attack of a training configuration (:class:`TrainingData`).  The last result is
+    kept, so the table runner's second call for the model it just trained costs nothing."""
     settings_only = {k: config[k] for k in DEFAULT_TRAINING}
     return _load_training_data(json.dumps(settings_only, sort_keys=True), data_root, cache_dir,
                                resolve_device(device))
@@ -102,7 +112,7 @@ def _load_training_data(config_json, data_root, cache_dir, device):
             _prepare_attack(attack, config, train_part, cache_dir)
         train_part, poison_idx = attack.poison_train_set(train_part)
         poison_idx = attack_idx[poison_idx]  # as indices of the full training set
-    return train, train_part, test, attack, poison_idx, reserved
+    return TrainingData(train, train_part, test, attack, poison_idx, reserved)
 
 
 @functools.lru_cache(maxsize=2)
@@ -280,18 +290,19 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
     config = {**DEFAULT_TRAINING, **overrides}
     config["milestones"] = list(config["milestones"])
     device = resolve_device(device)
-    train, train_part, test, attack, poison_idx, reserved = load_training_data(config, data_root, cache_dir, device)
-    key_config = {**config, "attack_config": attack.config() if attack is not None else None,
-                  "data_checksum": train.checksum() + test.checksum(), "format": TRAINING_FORMAT}
+    data = load_training_data(config, data_root, cache_dir, device)
+    key_config = {**config, "attack_config": data.attack.config() if data.attack is not None else None,
+                  "data_checksum": data.train.checksum() + data.test.checksum(), "format": TRAINING_FORMAT}
     key = config_key(key_config)
     folder = settings.cache_dir(cache_dir) / "models" / key
     with one_writer(folder):  # one trainer per model; a second process waits, then loads it
-        return _train_or_load(config, key, key_config, folder, device, train, train_part, test, attack, poison_idx,
-                              reserved, retrain, compile, cache_dir, snapshot_every)
+        return _train_or_load(config, key, key_config, folder, device, data, retrain=retrain, compile=compile,
+                              cache_dir=cache_dir, snapshot_every=snapshot_every)
 
 
-def _train_or_load(config, key, key_config, folder, device, train, train_part, test, attack, poison_idx, reserved,
-                   retrain, compile, cache_dir, snapshot_every=None):
+def _train_or_load(config, key, key_config, folder, device, data: TrainingData, retrain=False, compile="auto",
+                   cache_dir=None, snapshot_every=None):
+    train, train_part, test, attack, poison_idx, reserved = data
     seed_everything(config["seed"])  # before the model exists: its initial weights follow the seed
     model = create_model(config["model"], num_classes=train.num_classes, width=config["width"],
                          input_size=tuple(train.images.shape[-2:]))

@@ -13,14 +13,15 @@ from purilib.models import create_model
 from purilib.profiles import get_profile
 from purilib.training import load_training_data
 
-SMOKE_KWARGS = get_profile("smoke").attack_overrides.get("InputAwareDynamic", {})  # the smoke profile's settings
+SMOKE_KWARGS = get_profile("smoke").attack_overrides.get("Dynamic", {})  # the smoke profile's settings
 
 
 @pytest.fixture(scope="module")
 def smoke(smoke_model):
     # NFT Table 1's row "Dyn-one" (all-to-one Dynamic), which the tables of this session then find trained
     model, manifest = smoke_model("Dyn-one", attack_kwargs=SMOKE_KWARGS)
-    _, _, test, attack, _, _ = load_training_data(manifest["config"])
+    data = load_training_data(manifest["config"])
+    test, attack = data.test, data.attack
     return model, manifest, test, attack
 
 

@@ -18,7 +18,8 @@ SMOKE_KWARGS = get_profile("smoke").attack_overrides.get("FBA", {})  # the smoke
 def smoke():
     settings = {**training_settings(get_profile("smoke"), "FBA"), "attack_kwargs": SMOKE_KWARGS}
     model, manifest = train_backdoored_model(attack="FBA", device="cpu", **settings)
-    _, _, test, attack, _, _ = load_training_data({**DEFAULT_TRAINING, **settings, "attack": "FBA"})
+    data = load_training_data({**DEFAULT_TRAINING, **settings, "attack": "FBA"})
+    test, attack = data.test, data.attack
     return model, manifest, test, attack
 
 

@@ -19,7 +19,8 @@ SMOKE_KWARGS = get_profile("smoke").attack_overrides.get("LIRA", {})  # the smok
 def smoke():
     settings = {**training_settings(get_profile("smoke"), "LIRA"), "attack_kwargs": SMOKE_KWARGS}
     model, manifest = train_backdoored_model(attack="LIRA", device="cpu", **settings)
-    _, _, test, attack, _, _ = load_training_data({**DEFAULT_TRAINING, **settings, "attack": "LIRA"})
+    data = load_training_data({**DEFAULT_TRAINING, **settings, "attack": "LIRA"})
+    test, attack = data.test, data.attack
     return model, manifest, test, attack
 
 

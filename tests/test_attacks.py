@@ -60,7 +60,8 @@ def test_triggered_test_set_excludes_the_target_class():
 def test_poisoned_images_are_disjoint_from_the_defense_pool():
     config = {**DEFAULT_TRAINING, "dataset": "synthetic", "dataset_kwargs": {"num_train": 1000, "num_test": 100},
               "attack": "BadNets"}
-    train, train_part, _, _, poison_idx, reserved = load_training_data(config)
+    data = load_training_data(config)
+    train, train_part, poison_idx, reserved = data.train, data.attack_train, data.poison_idx, data.reserved
     assert len(poison_idx) > 0
     assert not set(poison_idx.tolist()) & set(reserved.tolist())
     assert len(train_part) + len(reserved) == len(train)

@@ -45,7 +45,8 @@ def test_attack_prepares_trains_and_evaluates_on_the_device(attack, device, tmp_
     the test set and the evaluation, all under the trap."""
     with guard(device):
         model, manifest = tiny_model(attack, device, tmp_path)
-        _, _, test, attacker, _, _ = load_training_data(manifest["config"], None, tmp_path, device)
+        data = load_training_data(manifest["config"], None, tmp_path, device)
+        test, attacker = data.test, data.attack
         metrics = evaluate(model, test, attacker, device=device)
         images = test.images[:4].to(device)  # a trigger applied where the model is
         triggered = attacker.compose(images, images.flip(0)) if attack == "CBA" else attacker.apply_trigger(images)
@@ -57,7 +58,8 @@ def test_attack_prepares_trains_and_evaluates_on_the_device(attack, device, tmp_
 def backdoored(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     model, manifest = tiny_model("BadNets", "cpu", cache)
-    train, _, _, _, _, reserved = load_training_data(manifest["config"], None, cache, "cpu")
+    data = load_training_data(manifest["config"], None, cache, "cpu")
+    train, reserved = data.train, data.reserved
     return model, clean_subset(train, reserved, per_class=2)
 
 

@@ -109,7 +109,8 @@ def test_default_learning_rate_keeps_clean_accuracy():
     from purilib.training import load_training_data, train_backdoored_model
     profile = get_profile("smoke")
     model, manifest = train_backdoored_model(attack="BadNets", device="cpu", **training_settings(profile, "BadNets"))
-    train, _, test, attack, _, reserved = load_training_data(manifest["config"])
+    data = load_training_data(manifest["config"])
+    train, test, reserved = data.train, data.test, data.reserved
     clean = clean_subset(train, reserved, profile.clean_per_class)
     before = evaluate(model, test)["acc"]
 

@@ -143,3 +143,14 @@ def test_fip_table6_measures_both_sharpness_protocols_and_prints_the_ratios(smok
     assert "| BadNets | ANP |" in text.split("## Flattening")[1]
     record = json.loads(next((out / "t6" / "records").glob("BadNets__ANP__*.json")).read_text())
     assert record["clean_source"] == "reserve"
+
+
+def test_profiles_key_attack_budgets_by_registry_name_the_one_name_of_each_attack():
+    from purilib.attacks import ATTACKS
+    from purilib.profiles import IMAGENET, PROFILES, training_settings
+    for profile in PROFILES.values():
+        assert set(profile.attack_overrides) <= set(ATTACKS), profile.name
+    assert set(IMAGENET["smoke"]["attack_overrides"]) <= set(ATTACKS)
+    assert all(cls.name == name for name, cls in ATTACKS.items())  # the registry name is the attack's own
+    smoke = PROFILES["smoke"]
+    assert training_settings(smoke, "Dyn-all")["attack_kwargs"] == smoke.attack_overrides["Dynamic"]
