@@ -74,6 +74,9 @@ def load_queue(path=None, profile=None) -> list:
         if entry.get("id") in seen:
             raise ValueError(f"{where}: the id is used twice")
         seen.add(entry["id"])
+        lacking = [k for k in ("id", "table", "profile", "attacks", "estimate_s") if k not in entry]
+        if lacking:
+            raise ValueError(f"{where}: lacks {', '.join(lacking)}")
         table = get_table(entry["table"])
         groups = tuple(tuple(g) for g in entry.get("groups", [table.defenses]))
         for name in entry["attacks"]:
@@ -98,7 +101,7 @@ def is_done(unit, results=None) -> bool:
     out = output_dir_for(unit.table, unit.profile, None if results is None else Path(results) / unit.table / unit.profile)
     try:
         run_table(unit.table, unit.profile, from_records=True, output_dir=out, **_run_kwargs(unit, unit.defenses))
-    except ValueError:
+    except (ValueError, KeyError):  # KeyError: a record too old to say how it was made
         return False
     return True
 
@@ -123,6 +126,9 @@ def pack(work: Path, cache_dir, target: Path):
     partial.replace(target)
 
 
+FAIL_FAST = 3  # groups in a row that fail within a minute of starting: the runner starts no more
+
+
 def missing_packages(unit) -> list:
     """Packages the unit's measurements import that this machine lacks (a GPU machine has no registry)."""
     import importlib.util
@@ -143,8 +149,8 @@ def run(units, out, budget=540.0, processes=4, device="auto", data_root=None, ca
     pending = [u for u in units if u.id not in done_before and u.id not in unable]
     for unit_id, names in unable.items():
         log(f"[0 s] {unit_id} left: needs {', '.join(names)}, missing here")
-    log(f"[0 s] {len(done_before)} units already recorded, {len(pending)} to do; budget {budget:.0f} s, "
-        f"{processes} processes")
+    log(f"[{time.time() - start:.0f} s] {len(done_before)} units already recorded, {len(pending)} to do; budget "
+        f"{budget:.0f} s, {processes} processes")
     jobs = [(u, i) for u in pending for i in range(len(u.groups))]
     started_units, running, results_of = {}, {}, {u.id: [] for u in pending}
     env = {**os.environ, "PURILIB_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
@@ -153,14 +159,18 @@ def run(units, out, budget=540.0, processes=4, device="auto", data_root=None, ca
     queue_file = work / "queue.json"
     queue_file.write_text(json.dumps([dataclasses.asdict(u) for u in pending]))
     (work / "logs").mkdir()
+    told, failures = set(), 0  # units said not to fit; groups in a row that failed at once
     while jobs or running:
         now = time.time() - start
         for job in list(jobs):
             unit, group = job
-            if len(running) >= processes:
+            if len(running) >= processes or now >= budget or failures >= FAIL_FAST:
                 break
             if unit.id not in started_units and now + unit.estimate_s > budget:
-                continue  # does not fit in what is left: a smaller unit further down may
+                if unit.id not in told:
+                    told.add(unit.id)
+                    log(f"[{now:.0f} s] {unit.id}: ~{unit.estimate_s} s does not fit in the {budget - now:.0f} s left")
+                continue  # a smaller unit further down may
             jobs.remove(job)
             started_units.setdefault(unit.id, now)
             command = [sys.executable, "-m", "purilib.campaign", "group", str(queue_file), unit.id, str(group),
@@ -184,6 +194,13 @@ def run(units, out, budget=540.0, processes=4, device="auto", data_root=None, ca
             del running[process]
             results_of[unit.id].append((group, code, round(now - began, 1)))
             log(f"[{now:.0f} s] {unit.id} group {group + 1}/{len(unit.groups)}: exit {code} after {now - began:.0f} s")
+            if code not in (0, "killed at the budget"):
+                tail = (work / "logs" / f"{unit.id}.{group}.log").read_text(errors="replace").strip().splitlines()[-3:]
+                log("    " + "\n    ".join(tail))
+            # a broken install fails every group within seconds: stop before it empties the queue
+            failures = failures + 1 if code not in (0, "killed at the budget") and now - began < 60 else 0
+            if failures == FAIL_FAST:
+                log(f"[{now:.0f} s] {FAIL_FAST} groups in a row failed within a minute: starting no more")
             pack(work, cache_dir, out / "records.tar.gz")
     finished = [u.id for u in pending if len(results_of[u.id]) == len(u.groups)
                 and all(code == 0 for _, code, _ in results_of[u.id])]
@@ -209,24 +226,32 @@ def unpack(archive, results=None, render=True, papermill=True, log=print) -> lis
     """The archive's records into the results folder (nothing outside it: a member with another path is
     refused), the manifests beside them in ``benchmarks/gpu/manifests/``; each touched (table, profile)
     rendered from its records; returns the touched pairs."""
+    from .tables import TABLES
     results = Path(results) if results else settings.results_dir()
-    touched = []
+    touched, incoming = [], {}
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar.getmembers():
             parts = Path(member.name).parts
-            if not member.isfile() or ".." in parts or Path(member.name).is_absolute():
+            if ".." in parts or Path(member.name).is_absolute() or not (member.isfile() or member.isdir()):
                 raise ValueError(f"{archive}: refusing member {member.name!r}")
+            if member.isdir():
+                continue
             if parts[0] == "manifests" and len(parts) == 2:
                 target = results / "benchmarks" / "gpu" / "manifests" / parts[1]
-            elif len(parts) == 4 and parts[2] == "records" and parts[3].endswith(".json"):
-                target = results / member.name
+                data = tar.extractfile(member).read()
+            elif len(parts) == 4 and parts[0] in TABLES and parts[2] == "records" and parts[3].endswith(".json"):
+                target = results / Path(*parts)
+                data = tar.extractfile(member).read()
+                incoming[target] = json.loads(data)
                 if (parts[0], parts[1]) not in touched:
                     touched.append((parts[0], parts[1]))
             else:
                 raise ValueError(f"{archive}: unexpected member {member.name!r}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(tar.extractfile(member).read())
-    log(f"unpacked {archive}: {', '.join(f'{t}/{p}' for t, p in touched) or 'no records'}")
+            target.write_bytes(data)
+    moved = _set_aside_other_models(incoming)
+    log(f"unpacked {archive}: {', '.join(f'{t}/{p}' for t, p in touched) or 'no records'}"
+        + (f"; {moved} records of the same rows made from other weights moved to records/superseded/" if moved else ""))
     if render:
         for table, profile in touched:
             render_from_records(table, profile, results, papermill=papermill, log=log)
@@ -235,33 +260,67 @@ def unpack(archive, results=None, render=True, papermill=True, log=print) -> lis
     return touched
 
 
+def _row_of(record):
+    network = record.get("network") or (record.get("training_config") or {}).get("model", "")
+    return network, record["attack"], record["seed"], record.get("clean_per_class")
+
+
+def _set_aside_other_models(incoming: dict) -> int:
+    """A row is one model: where the records just unpacked come from other weights than a row's records
+    already there (a model trained again on a fresh machine), the earlier ones that were not replaced move
+    to ``records/superseded/`` (git keeps their history), so that no table mixes two models in a row."""
+    moved = 0
+    folders = {path.parent for path in incoming}
+    for folder in folders:
+        new = {_row_of(r): r.get("weights_digest") for p, r in incoming.items() if p.parent == folder}
+        for path in sorted(folder.glob("*.json")):
+            if path in incoming:
+                continue
+            record = json.loads(path.read_text())
+            row = _row_of(record)
+            if row in new and record.get("weights_digest") != new[row]:
+                (folder / "superseded").mkdir(exist_ok=True)
+                path.replace(folder / "superseded" / path.name)
+                moved += 1
+    return moved
+
+
 def renderable(table_id, profile, results=None) -> dict:
-    """What the table's records can render: the networks, the rows with any record, the table's columns
-    recorded (with the current settings) for every one of them, and the amount of clean data where the
-    records have a single one (else None: every amount the profile reserves)."""
+    """What the table's records can render, the largest complete grid: its networks, rows (those recorded on
+    every one of the networks), the table's columns recorded with the current settings for all of them, and
+    the amount of clean data where a table over amounts has a single one recorded (else None: every amount).
+    Of the grid over every recorded network and that of the table's own network(s) alone, the one with
+    more cells (on a tie the table's own: a new network's first rows do not un-render the others)."""
     from .cells import resolve_profile
     from .experiment import output_dir_for, run_table
     from .tables import get_table
     table = get_table(table_id)
     out = output_dir_for(table_id, profile, None if results is None else Path(results) / table_id / profile)
     found = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
-    rows = [a for a in table.attacks if a in {r["attack"] for r in found}]
-    networks = sorted({r.get("network") for r in found if r.get("network")})
+    default = sorted(table.models) or [resolve_profile(profile, dataset=table.dataset).training["model"]]
     amounts = sorted({r.get("clean_per_class") for r in found if r.get("clean_per_class")})
-    # a table over amounts (AWM Table 1): the one amount recorded, else every amount (each must be complete)
     clean = amounts[0] if table.clean_amounts and len(amounts) == 1 else None
-    model = networks if networks and networks != sorted(table.models) else None  # None: the table's own
-    if model == [resolve_profile(profile, dataset=table.dataset).training["model"]]:
-        model = None
-    columns = []
-    for column in table.defenses:
-        try:
-            run_table(table_id, profile, attacks=rows, defenses=[column], from_records=True, output_dir=out,
-                      model=model, clean_per_class=clean)
-            columns.append(column)
-        except ValueError:
-            pass
-    return {"rows": rows, "columns": columns, "model": model, "clean_per_class": clean}
+
+    def plan(networks):
+        rows = [a for a in table.attacks if all((n, a) in {(_row_of(r)[0], r["attack"]) for r in found}
+                                                for n in networks)]
+        model = None if networks == default else networks
+        columns = []
+        for column in table.defenses if rows else ():
+            try:
+                run_table(table_id, profile, attacks=rows, defenses=[column], from_records=True, output_dir=out,
+                          model=model, clean_per_class=clean)
+                columns.append(column)
+            except ValueError:
+                pass
+        return {"rows": rows, "columns": columns, "model": model, "clean_per_class": clean,
+                "cells": len(rows) * len(columns) * len(networks)}
+    recorded = sorted({_row_of(r)[0] for r in found})
+    own = plan(default)
+    if recorded and recorded != default:
+        every = plan(recorded)
+        return every if every["cells"] > own["cells"] else own
+    return own
 
 
 def render_from_records(table_id, profile, results=None, papermill=True, log=print):

@@ -67,7 +67,7 @@ class Row:
         """The defenses' clean set drawn from ``source`` (``data.CLEAN_SOURCES``): the same images for every
         column of the row that draws from that source."""
         if source not in self._clean:
-            pool = clean_pool(source, len(self.train), self.reserved, self.poison_idx)
+            pool = clean_pool(source, self.train.labels, self.reserved, self.poison_idx, self.clean_per_class)
             self._clean[source] = clean_subset(self.train, pool, self.clean_per_class, seed=self.seed)
         return self._clean[source]
 
@@ -79,8 +79,13 @@ class Row:
         """(images, what they are) for the Hessian measurements of ``protocol`` (hessian.SHARPNESS_PROTOCOLS):
         the FIP authors' augmented batch of training images, or ``clean``, the column's clean set."""
         if protocol == "authors":
-            pool = clean_pool("train", len(self.train), self.reserved, self.poison_idx)
-            batch = authors_batch(self.train, pool, settings["images"], settings["padding"], seed=self.seed)
+            key = ("authors", settings["images"], settings["padding"])
+            if key not in self._clean:  # one batch per row, for every column and measurement
+                per_class = max(1, settings["images"] // self.train.num_classes)
+                pool = clean_pool("train", self.train.labels, self.reserved, self.poison_idx, per_class)
+                self._clean[key] = authors_batch(self.train, pool, settings["images"], settings["padding"],
+                                                 seed=self.seed)
+            batch = self._clean[key]
             return batch, (f"{len(batch)} clean training images, crop (padding {settings['padding']}) + flip "
                            "(the FIP authors' batch)")
         if protocol == "held-out":

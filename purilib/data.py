@@ -305,11 +305,12 @@ def create_dataset(name: str, split: str, **kwargs) -> ImageSet:
 
 
 # ---------------------------------------------------------------- splits
-def class_balanced_split(labels: torch.Tensor, per_class: int, seed: int):
-    """Pick ``per_class`` indices of every class (seeded); return (picked, rest)."""
+def class_balanced_split(labels: torch.Tensor, per_class: int, seed: int, num_classes=None):
+    """Pick ``per_class`` indices of every class (seeded); return (picked, rest).  ``num_classes``: every
+    class 0..num_classes-1 must be there (a class with none is an error, not left out)."""
     g = generator(seed)
     picked = []
-    for c in labels.unique().tolist():
+    for c in (range(num_classes) if num_classes is not None else labels.unique().tolist()):
         idx = (labels == c).nonzero().flatten()
         if len(idx) < per_class:
             raise ValueError(f"class {c} has {len(idx)} images, fewer than the {per_class} asked for")
@@ -332,27 +333,37 @@ def clean_subset(train: ImageSet, pool: torch.Tensor, per_class: int, seed=0) ->
     """The defense's clean data: ``per_class`` images of each class from ``pool`` (indices of ``train``:
     the reserved pool, or :func:`clean_pool`'s) (``per_class=50`` is the papers' 1% of CIFAR-10; 1 is the
     one-shot setting)."""
-    picked, _ = class_balanced_split(train.labels[pool], per_class, seed)
+    picked, _ = class_balanced_split(train.labels[pool], per_class, seed, num_classes=train.num_classes)
     return train.subset(pool[picked])
 
 
 # Where a defense's clean images come from (a recorded setting, fixed per column by a table):
 # "reserve": the held-out pool the model never saw (the sound protocol, and the default);
-# "train": images the model was trained on, poisoned ones excluded (RNP's and FIP's released code draw
-# their clean data, and FIP its Hessian batch, from the training split the backdoored model learned).
+# "train": images the model was trained on, poisoned ones excluded (RNP's released code draws its clean
+# data, and FIP's its Hessian batch, from the clean training split the backdoored model learned).
 CLEAN_SOURCES = ("reserve", "train")
 
 
-def clean_pool(source: str, num_train: int, reserved: torch.Tensor, poison_idx: torch.Tensor) -> torch.Tensor:
-    """Indices (of the full training split, ``num_train`` images) a defense's clean data are drawn from.
-    "train": the images that trained the model (every index outside ``reserved``) minus ``poison_idx``.
-    Attacks that poison batches while the model trains (WaNet, Input-aware Dynamic, LIRA, BppAttack) have
-    no fixed poisoned images: for them every training image may have been seen with a trigger too."""
+def clean_pool(source: str, labels: torch.Tensor, reserved: torch.Tensor, poison_idx: torch.Tensor,
+               per_class=0) -> torch.Tensor:
+    """Indices (of the full training split, whose ``labels`` are given) a defense's clean data are drawn from.
+    "train": the images that trained the model (every index outside ``reserved``) minus ``poison_idx``; a
+    class left with fewer than ``per_class`` (a clean-label attack such as SIG or CLB may poison every image
+    of its target class) is topped up with the clean originals of its poisoned images, which the model saw
+    triggered.  Attacks that poison batches while the model trains (WaNet, Input-aware Dynamic, LIRA,
+    BppAttack) have no fixed poisoned images: for them every training image may have been seen with a
+    trigger too."""
     if source == "reserve":
         return reserved
     if source != "train":
         raise ValueError(f"unknown clean source {source!r}; choose one of {CLEAN_SOURCES}")
-    seen = torch.ones(num_train, dtype=torch.bool, device="cpu")
+    labels = labels.cpu()
+    seen = torch.ones(len(labels), dtype=torch.bool, device="cpu")
     seen[reserved.cpu()] = False
-    seen[poison_idx.cpu()] = False
-    return seen.nonzero().flatten()
+    clean = seen.clone()
+    clean[poison_idx.cpu()] = False
+    for c in labels.unique().tolist():
+        short = per_class - int((clean & (labels == c)).sum())
+        if short > 0:  # the first poisoned ones of the class, in their clean form (fixed: no seed needed)
+            clean[(seen & ~clean & (labels == c)).nonzero().flatten()[:short]] = True
+    return clean.nonzero().flatten()

@@ -190,6 +190,7 @@ def _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out)
     records, missing = [], []
     for seed in range(seeds):
         for attack_name in attacks:
+            row = []  # a row's cells must come from one model (one set of weights)
             recipe = as_json(training_settings(prof, attack_name))
             for defense_name in defenses:
                 path = record_path(out, prof, attack_name, defense_name, seed, clean_per_class)
@@ -207,7 +208,12 @@ def _recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out)
                     missing.append(f"{cell}: made with clean data from the {record.get('clean_source', 'reserve')}, "
                                    f"not the {table.clean_source(defense_name)}")
                 else:
-                    records.append(record)
+                    row.append(record)
+            digests = {r.get("weights_digest") or r.get("model_key") for r in row}
+            if len(digests) > 1:
+                missing.append(f"{attack_name} (seed {seed}): its records come from {len(digests)} different models")
+            else:
+                records += row
     return records, missing
 
 
@@ -233,10 +239,14 @@ def summarize(records: pd.DataFrame, table_id: str) -> pd.DataFrame:
             if metric in group:
                 values = group[metric].astype(float)
                 row[metric], row[f"{metric}_std"] = values.mean(), values.std(ddof=1) if len(group) > 1 else np.nan
-        if "sharpness" in group:  # each protocol's (hessian.SHARPNESS_PROTOCOLS), mean over seeds
+        if "lambda_max" in group:  # each protocol's (hessian.SHARPNESS_PROTOCOLS), mean over seeds; a record
+            # made before the protocols were named measured over the defenses' clean set: its "held-out"
+            measured = [s if isinstance(s, dict) else {"held-out": {"lambda_max": lm, "trace": tr}}
+                        for s, lm, tr in zip(group["sharpness"] if "sharpness" in group else [None] * len(group),
+                                             group["lambda_max"], group["trace"])]
             for protocol in SHARPNESS_PROTOCOLS:
                 for metric in ("lambda_max", "trace"):
-                    values = [s[protocol][metric] for s in group["sharpness"] if isinstance(s, dict) and protocol in s]
+                    values = [m[protocol][metric] for m in measured if protocol in m]
                     row[f"{metric}_{protocol}"] = float(np.mean(values)) if values else np.nan
         if "sharpness_protocol" in group:
             row["sharpness_protocol"] = group["sharpness_protocol"].iloc[0]
@@ -350,8 +360,8 @@ def average_drop_markdown(drops: pd.DataFrame) -> str:
 
 
 SHARPNESS_NOTE = {
-    "authors": "the FIP authors' protocol: one batch of 200 clean training images (seen in training), crop "
-               "(padding 1) + flip, eval mode, power iteration and Hutchinson to a relative tolerance of 1e-3 "
+    "authors": "the FIP authors' protocol: one batch of clean training images (seen in training; 200, the smoke "
+               "profile 40), crop (padding 1) + flip, eval mode, power iteration and Hutchinson to a relative tolerance of 1e-3 "
                "(at most 100 steps each; the profile may cap them lower)",
     "held-out": "the full-batch loss over the defenses' clean set (the reserve the model never saw), no "
                 "augmentation, a fixed number of power iterations and Hutchinson samples"}
@@ -362,9 +372,6 @@ def sharpness_markdown(summary: pd.DataFrame, title: str, profile: str) -> str:
     paper's, with ASR / ACC; then the reductions (backdoored / purified) beside the paper's."""
     protocols = [p for p in SHARPNESS_PROTOCOLS if f"lambda_max_{p}" in summary and
                  summary[f"lambda_max_{p}"].notna().any()]
-    if not protocols:  # records made before the protocols were named: one measurement, on the clean set
-        summary = summary.assign(**{"lambda_max_held-out": summary["lambda_max"], "trace_held-out": summary["trace"]})
-        protocols = ["held-out"]
     lines = [f"# {title}", "", f"Profile `{profile}`. lambda_max: the Hessian's largest eigenvalue (power iteration); "
              "trace: Hutchinson's estimate (means over seeds) of the mean cross-entropy, by each protocol:", ""]
     lines += [f"- **{p}**: {SHARPNESS_NOTE[p]}." for p in protocols] + ["", "ASR / ACC in %.", ""]

@@ -128,7 +128,7 @@ def authors_batch(train: ImageSet, pool, images=200, padding=1, seed=0) -> Image
     from .augment import random_crop_flip
     from .data import class_balanced_split
     per_class = max(1, images // train.num_classes)
-    picked = torch.as_tensor(pool)[class_balanced_split(train.labels[pool], per_class, seed)[0]]
+    picked = torch.as_tensor(pool)[class_balanced_split(train.labels[pool], per_class, seed, train.num_classes)[0]]
     chosen = train.subset(picked)
     g = generator(seed + 7, "cpu")
     moved = random_crop_flip(chosen.images.float(), padding=padding, generator=g)

@@ -114,9 +114,9 @@ def purify_command(argv=None, out=print) -> dict:
     size = probe.input_size[0]
     attack = train = None
     if manifest is not None and (args.clean_per_class or not args.test):
-        from .training import load_training_data, restore_attack
+        from .training import load_training_data
         data = load_training_data(config, args.data_root, None, device)
-        train, test, attack, reserved = data.train, data.test, restore_attack(data.attack, manifest), data.reserved
+        train, test, attack, reserved = data.train, data.test, data.attack, data.reserved
     elif args.clean_per_class:
         train = load_cifar10("train", args.data_root)
         _, reserved = defense_split(train)
@@ -130,10 +130,17 @@ def purify_command(argv=None, out=print) -> dict:
         test = load_cifar10("test", args.data_root)
     classes = args.num_classes or clean.num_classes
     model = load_model(create_model(name, num_classes=classes, width=width), checkpoint,
-                       normalization=_normalization(args.normalization))
+                       normalization=_normalization(args.normalization)).to(device)
     if args.attack:  # named here: it replaces the manifest's
         attack = create_attack(args.attack, seed=args.seed, image_size=size, num_classes=classes,
                                **json.loads(args.attack_kwargs))
+    elif attack is None and config.get("attack") not in (None, "Benign"):  # the manifest's, with its own data
+        attack = create_attack(config["attack"], seed=config.get("seed", 0), image_size=size, num_classes=classes,
+                               **config.get("attack_kwargs", {}))
+    learned = checkpoint.with_name("attack.safetensors")  # what a purilib attack learned, beside its model
+    if attack is not None and not args.attack and learned.exists():
+        from .checkpoints import load_weights
+        attack.load_state_dict(load_weights(learned))
 
     before = evaluate(model, test, attack, device=device)
     out("before: " + ", ".join(f"{k.upper()} {v:.1f}" for k, v in before.items()) + f"  ({len(test)} test images)")

@@ -90,6 +90,25 @@ def test_the_runner_skips_what_is_recorded_stops_at_the_budget_and_brings_back_r
     again = campaign.run(units, tmp_path / "out2", budget=300, processes=2, device="cpu", results=results,
                          log=lines.append)
     assert again["already_recorded"] == ["t1-BadNets", "study-resnet18", "defenses-BadNets"] and again["cells"] == 0
+    # a row is one model: records of the same row from other weights (trained again elsewhere) replace it
+    # whole, the earlier cells set aside instead of mixed into the row
+    folder = results / "nft-table1" / "smoke" / "records"
+    retrained = json.loads((folder / "BadNets__NFT__seed0.json").read_text())
+    retrained["weights_digest"] = "0123456789abcdef"
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "BadNets__NFT__seed0.json").write_text(json.dumps(retrained))
+    with tarfile.open(tmp_path / "again.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "again" / "BadNets__NFT__seed0.json", arcname="nft-table1/smoke/records/BadNets__NFT__seed0.json")
+    campaign.unpack(tmp_path / "again.tar.gz", results, render=False, log=lines.append)
+    assert sorted(p.name for p in folder.glob("*.json")) == ["BadNets__NFT__seed0.json"]
+    assert len(list((folder / "superseded").glob("*.json"))) == 2 and "moved to records/superseded" in lines[-1]
+    assert not campaign.is_done(units[0], results)  # the row must be run again, whole
+    for path in (folder / "superseded").glob("*.json"):  # put back by hand: a row of two models is refused
+        path.replace(folder / path.name)
+    from purilib.experiment import run_table
+    with pytest.raises(ValueError, match="2 different models"):
+        run_table("nft-table1", "smoke", attacks=["BadNets"], defenses=["No defense", "FT", "NFT"],
+                  from_records=True, output_dir=results / "nft-table1" / "smoke")
     # a unit still running at the budget is stopped; what it finished would still come back
     stopped = campaign.run([units[1]], tmp_path / "out3", budget=1.0, processes=1, device="cpu", results=results,
                            log=lines.append)

@@ -16,8 +16,8 @@ def test_the_two_sources_are_disjoint_and_overlapping_as_they_should_and_never_d
     train = create_dataset("synthetic", "train", num_train=1000)
     attack_idx, reserved = defense_split(train, reserve_fraction=0.1, seed=0)
     poison_idx = attack_idx[torch.randperm(len(attack_idx), generator=torch.Generator().manual_seed(0))[:90]]
-    reserve = set(clean_pool("reserve", len(train), reserved, poison_idx).tolist())
-    seen = clean_pool("train", len(train), reserved, poison_idx)
+    reserve = set(clean_pool("reserve", train.labels, reserved, poison_idx).tolist())
+    seen = clean_pool("train", train.labels, reserved, poison_idx, per_class=10)
     assert reserve == set(reserved.tolist())
     assert not reserve & set(seen.tolist())  # the reserve is held out: the model never saw it
     assert set(seen.tolist()) == set(attack_idx.tolist()) - set(poison_idx.tolist())  # seen, minus the poisoned
@@ -27,7 +27,16 @@ def test_the_two_sources_are_disjoint_and_overlapping_as_they_should_and_never_d
     drawn = seen[torch.randperm(len(seen), generator=torch.Generator().manual_seed(1))[:10]]
     assert not set(drawn.tolist()) & set(poison_idx.tolist())
     with pytest.raises(ValueError, match="unknown clean source"):
-        clean_pool("test", len(train), reserved, poison_idx)
+        clean_pool("test", train.labels, reserved, poison_idx)
+    # a clean-label attack that poisons every image of its target class: the class is topped up with the
+    # clean originals of its poisoned images, not left out
+    target = attack_idx[train.labels[attack_idx] == 0]
+    topped = clean_pool("train", train.labels, reserved, target, per_class=10)
+    assert int((train.labels[topped] == 0).sum()) == 10 and set(topped.tolist()) <= set(attack_idx.tolist())
+    picked = clean_subset(train, topped, 10, seed=0)
+    assert torch.bincount(picked.labels, minlength=10).tolist() == [10] * 10
+    with pytest.raises(ValueError, match="class 0 has 0 images"):
+        clean_subset(train, clean_pool("train", train.labels, reserved, target), 10, seed=0)
     assert CLEAN_SOURCES == ("reserve", "train")
 
 

@@ -13,15 +13,15 @@ def clean_sources_markdown(records: pd.DataFrame, table_id: str) -> str:
     """Which clean data each column was given: the table's setting, and what the records say."""
     table = get_table(table_id)
     columns = list(dict.fromkeys(records["defense"])) if len(records) else list(table.defenses)
-    recorded = records.groupby("defense")["clean_source"].agg(lambda s: sorted(set(s.dropna()))) \
-        if "clean_source" in records else {}
-    lines = ["## Clean data per column", "", "| Defense | clean data from | recorded |", "|---|---|---|"]
+    lines = ["## Clean data per column", "", "| Defense | the table gives it clean data from | its records were made "
+             "with |", "|---|---|---|"]
     for column in columns:
         if column == "No defense":
             continue
-        source = table.clean_source(column)
-        seen = ", ".join(recorded.get(column, [])) if len(recorded) else ""
-        lines.append(f"| {column} | {SOURCE_NOTE[source]} | {seen or '– (records made before the setting)'} |")
+        rows = records[records["defense"] == column] if len(records) else records
+        # records made before the setting existed drew from the reserve, the only source then
+        made = sorted(set(rows["clean_source"].fillna("reserve"))) if "clean_source" in rows else ["reserve"]
+        lines.append(f"| {column} | {SOURCE_NOTE[table.clean_source(column)]} | {', '.join(made)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -66,9 +66,10 @@ def rnp_markdown(records: pd.DataFrame) -> str:
         s = r["defense_stats"]
         sweep = s.get("pruned_by_threshold", {})
         more = " / ".join(str(sweep.get(t, "–")) for t in ("0.30", "0.50", "0.70"))
-        source = r.get("clean_source") if isinstance(r.get("clean_source"), str) else "reserve (before the setting)"
+        source = r.get("clean_source") if isinstance(r.get("clean_source"), str) else "reserve"
+        stop = s.get("unlearning_accuracy")
         lines.append(f"| {r['attack']} | {source} | {s['unlearning_steps']} | "
-                     f"{s.get('unlearning_accuracy', float('nan')):.3f} | {s['pruned_neurons']} | {s['total_neurons']} | "
+                     f"{'–' if stop is None else f'{stop:.3f}'} | {s['pruned_neurons']} | {s['total_neurons']} | "
                      f"{more} | {r['asr']:.1f} | {r['acc']:.1f} |")
     return "\n".join(lines) + "\n"
 
