@@ -25,5 +25,5 @@ start=$(date +%s)
 # decoded once here, so that the runner's processes all read the cache instead of decoding at once
 "$python" -c "from purilib.data import load_cifar10; load_cifar10('test')" >> "$OUT/gpu.txt" 2>&1
 left=$(( budget - ($(date +%s) - start) - 10 ))
-"$python" -m purilib.campaign run --out "$OUT" --budget "$left" --processes "${PROCESSES:-8}" --device "$device" \
+"$python" -m purilib.campaign run --out "$OUT" --budget "$left" --processes "${PROCESSES:-6}" --device "$device" \
   ${PROFILE:+--profile "$PROFILE"} 2>&1 | tee "$OUT/session.log"
