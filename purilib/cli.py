@@ -9,42 +9,19 @@ wrong and how to fix it, exit status 2.  For real CIFAR-10 it also decodes the d
 (cached), so that an unreadable archive is named here, not in a notebook traceback.
 """
 import argparse
-import difflib
 import json
 import sys
 
 from . import settings
 from .data import DataNotFoundError, load_cifar10
 from .devices import resolve_device
-from .profiles import PROFILES, for_dataset, get_profile, image_size, reserved_per_class
+from .profiles import PROFILES, get_profile
+from .spec import RunSpec
 from .tables import TABLES, resolve_tables
 
 
 def _names(text):
     return [name.strip() for name in text.split(",") if name.strip()] if text else None
-
-
-def _unknown(requested, allowed, kind, table):
-    for name in requested or []:
-        if name not in allowed:
-            close = difflib.get_close_matches(name, allowed, n=2, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise ValueError(f"{table.id} has no {kind} '{name}'{hint} (it has: {', '.join(allowed)})")
-
-
-def _check_model(name, table, size):
-    """``name`` is a network that takes the table's ``size`` x ``size`` images.  (torchvision, which the
-    models import, is imported here only: the other checks stay quick.)"""
-    from .models import MODELS, create_model
-    if name not in MODELS:
-        close = difflib.get_close_matches(name, MODELS, n=1)
-        raise ValueError(f"unknown model '{name}'" + (f"; did you mean '{close[0]}'?" if close else "")
-                         + f" (models: {', '.join(MODELS)})")
-    native = MODELS[name](num_classes=10, width=0.125).input_size
-    if table.dataset == "CIFAR-10" and tuple(native) != (32, 32):
-        raise ValueError(f"model '{name}' takes {native[0]}x{native[1]} images; {table.id}'s data are 32x32 "
-                         "(use it on your own data: see the README, 'Purifying your own model')")
-    create_model(name, width=0.125, input_size=(size, size))  # vgg16_bn takes 32x32 images only: it says so
 
 
 def _check_image_folder(root, table, profile):
@@ -80,34 +57,21 @@ def check(argv):
     tables, profile = resolve_tables(args.table), get_profile(args.profile)
     resolve_device(args.device)
     attacks, defenses = _names(args.attacks), _names(args.defenses)
-    for table in tables:
-        if profile.name not in table.profiles:
-            raise ValueError(f"table {table.id} has no profile '{profile.name}' (it has: {', '.join(table.profiles)})")
-        _unknown(attacks, table.attacks, "row (attack)", table)
-        _unknown(defenses, table.defenses, "column (defense)", table)
-    for table in tables:  # each table's data under the profile: CIFAR-10 (32x32), or its ImageNet recipe's
-        recipe = for_dataset(profile, table.dataset)
-        for name in _names(args.model) or []:  # one network, or several side by side (a,b)
-            _check_model(name, table, image_size(recipe))
-        pool = reserved_per_class(recipe)
-        if args.clean_per_class is not None and not 1 <= args.clean_per_class <= pool:
-            raise ValueError(f"--clean-per-class must be in 1..{pool}: the {profile.name} profile reserves {pool} "
-                             f"clean images per class for the defenses of {table.id}, not {args.clean_per_class}")
-        if recipe.training["dataset"] == "cifar10":
+    # the request, checked where every run checks it (RunSpec.build); then what only a run's start can check:
+    # that the data are there and readable, and Ray
+    specs = [RunSpec.build(t.id, profile.name, attacks=attacks, defenses=defenses, seeds=args.seeds,
+                           clean_per_class=args.clean_per_class, model=args.model, device=args.device,
+                           executor=args.executor, log=lambda *_: None) for t in tables]
+    for spec in specs:  # each table's data under the profile: CIFAR-10 (32x32), or its ImageNet recipe's
+        if spec.profile.training["dataset"] == "cifar10":
             load_cifar10("test", settings.data_root(args.data_root))  # decoded once, cached; names a bad file
-        elif recipe.training["dataset"] == "image_folder":
-            _check_image_folder(settings.data_root(args.data_root), table, profile)
-    if args.executor not in ("local", "ray"):
-        close = difflib.get_close_matches(args.executor, ["local", "ray"], n=1)
-        raise ValueError(f"unknown executor '{args.executor}'" + (f"; did you mean '{close[0]}'?" if close else "")
-                         + " (local or ray)")
+        elif spec.profile.training["dataset"] == "image_folder":
+            _check_image_folder(settings.data_root(args.data_root), spec.table, profile)
     if args.executor == "ray":
         try:
             import ray  # noqa: F401
         except ImportError:
             raise ValueError("--executor ray needs Ray: pip install 'purilib[ray]'") from None
-    if args.seeds < 1:
-        raise ValueError(f"--seeds needs a positive integer, not {args.seeds}")
     return ["\t".join([t.id, t.notebook, json.dumps(attacks), json.dumps(defenses)]) for t in tables]
 
 

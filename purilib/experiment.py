@@ -16,16 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import settings
 from .defenses import NO_DEFENSE
 from .cells import (as_json, column_defense, prepare_row, record_path, resolve_profile,  # noqa: F401 (re-exported)
                     run_cell, snapshot_every)
-from .models import create_model
-from .profiles import image_size, reserved_per_class, training_settings
+from .profiles import training_settings
 from .devices import cpu_cores, cpu_threads, resolve_device
 from .hessian import SHARPNESS_PROTOCOLS
 from .provenance import code_version
 from .reports.protocols import protocol_markdown  # noqa: F401 (re-exported for the notebooks)
+from .spec import RunSpec, output_dir_for  # noqa: F401 (output_dir_for re-exported)
 from .tables import get_table, published
 from .training import TRAINING_FORMAT
 
@@ -33,16 +32,6 @@ from .training import TRAINING_FORMAT
 code_version()  # pinned at import: what this process runs (see provenance.code_version)
 
 PAPER_CLEAN_PER_CLASS = 50  # the seed papers' 1% of CIFAR-10's training set
-
-
-def output_dir_for(table_id, profile, output_dir=None) -> Path:
-    return Path(output_dir) if output_dir else settings.results_dir() / table_id / profile
-
-
-def _check_names(requested, allowed, kind, table):
-    unknown = [name for name in requested if name not in allowed]
-    if unknown:
-        raise ValueError(f"{table.id}: unknown {kind} {unknown}; this table has {list(allowed)}")
 
 
 def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, device="auto",
@@ -60,58 +49,37 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     GPU each where there are GPUs; or a Ray cluster); the records are the same whatever runs them.
     ``workers="auto"``: on the CPU, with a profile that fixes the threads per process (smoke: 1), one
     worker per that many cores; else 1."""
-    table = get_table(table_id)
-    prof = resolve_profile(profile, dataset=table.dataset)
-    reserve = reserved_per_class(prof)
-    if clean_per_class is not None:
-        amounts = [clean_per_class]
-    elif table.clean_amounts:  # a table over amounts of clean data (AWM Table 1): those the profile reserves
-        amounts = [k for k in table.clean_amounts if k <= reserve]
-        if len(amounts) < len(table.clean_amounts):
-            print(f"{table.id} ({prof.name}): {sorted(set(table.clean_amounts) - set(amounts), reverse=True)} "
-                  f"clean images per class left out: the profile reserves {reserve} per class")
-    else:  # the table's own setting (NFT Figure 1: one-shot), else the profile's
-        amounts = [table.clean_per_class or prof.clean_per_class]
-    for k in amounts:
-        if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
-            raise ValueError(f"clean_per_class must be a positive integer, not {k!r}")
-        if k > reserve:
-            raise ValueError(f"clean_per_class {k} is more than the {reserve} clean images per class the "
-                             f"{prof.name} profile reserves for the defenses")
-    attacks = list(attacks or table.rows(prof.name))
-    defenses = list(defenses or table.defenses)
-    _check_names(attacks, table.attacks, "attacks", table)
-    _check_names(defenses, table.defenses, "defenses", table)
-    if not (isinstance(seeds, int) and seeds >= 1):
-        raise ValueError(f"seeds must be a positive integer, not {seeds!r}")
-    if isinstance(model, str) and "," in model:  # several networks side by side: "preact_resnet18,resnet18"
-        model = [name.strip() for name in model.split(",") if name.strip()]
-    networks = list(model) if isinstance(model, (list, tuple)) else [model] if model is not None \
-        else list(table.models or [None])
-    for network in networks:
-        if network is not None:
-            create_model(network, input_size=(image_size(prof),) * 2)  # an unknown name or size fails here, first
-    out = output_dir_for(table_id, profile, output_dir)
-    if from_records:
+    spec = RunSpec.build(table_id, profile, attacks=attacks, defenses=defenses, seeds=seeds,
+                         clean_per_class=clean_per_class, model=model, device=device, data_root=data_root,
+                         cache_dir=cache_dir, output_dir=output_dir, workers=workers, executor=executor,
+                         ray_address=ray_address, from_records=from_records, progress=progress)
+    return run(spec)
+
+
+def run(spec: RunSpec) -> pd.DataFrame:
+    """Run (or, ``spec.from_records``, tabulate) a checked :class:`RunSpec`; return the table's records."""
+    table, prof, out = spec.table, spec.profile, spec.output_dir
+    attacks, defenses, seeds, profile = list(spec.attacks), list(spec.defenses), spec.seeds, prof.name
+    data_root, cache_dir, progress = spec.data_root, spec.cache_dir, spec.progress
+    if spec.from_records:
         records, missing = [], []
-        for network in networks:
-            for k in amounts:
-                recipe = resolve_profile(profile, network, table.dataset)
-                found, lacking = _recorded_cells(table, recipe, attacks, defenses, seeds, k, out)
-                records, missing = records + found, missing + lacking
+        for network, k in spec.grids:
+            recipe = resolve_profile(profile, network, table.dataset)
+            found, lacking = _recorded_cells(table, recipe, attacks, defenses, seeds, k, out)
+            records, missing = records + found, missing + lacking
         if missing:
             raise ValueError(f"{table.id} ({prof.name}) from records: {len(missing)} cells cannot be tabulated: "
                              + "; ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
         return pd.DataFrame(records)
     (out / "records").mkdir(parents=True, exist_ok=True)
-    device = resolve_device(device)
-    grids = [(network, k) for network in networks for k in amounts]
-    workers = resolve_workers(workers, prof, device, rows=len(attacks) * seeds * len(networks))
+    device = resolve_device(spec.device)
+    grids = list(spec.grids)
+    workers = resolve_workers(spec.workers, prof, device, rows=len(attacks) * seeds * len(spec.networks))
     with cpu_threads(prof.threads if device == "cpu" else None):  # every worker computes with this count
-        if workers != 1 or executor != "local":
+        if workers != 1 or spec.executor != "local":
             from .executor import run_parallel
             records = run_parallel(table, profile, grids, attacks, defenses, seeds, device, data_root, cache_dir,
-                                   out, workers=workers, executor=executor, ray_address=ray_address,
+                                   out, workers=workers, executor=spec.executor, ray_address=spec.ray_address,
                                    progress=progress)
         else:
             records = [record for network, k in grids for record in _run_grid(
