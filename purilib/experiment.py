@@ -56,6 +56,15 @@ def run_table(table_id, profile="smoke", attacks=None, defenses=None, seeds=1, d
     return run(spec)
 
 
+def run_parameters(namespace: dict) -> dict:
+    """The run's settings among a notebook's variables (its papermill parameters cell): the keywords of
+    ``run_table`` it defines, so that a notebook runs its table in one call,
+    ``run_table(TABLE, **run_parameters(globals()))``."""
+    import inspect
+    names = set(inspect.signature(run_table).parameters) - {"table_id"}
+    return {name: namespace[name] for name in names if name in namespace}
+
+
 def run(spec: RunSpec) -> pd.DataFrame:
     """Run (or, ``spec.from_records``, tabulate) a checked :class:`RunSpec`; return the table's records."""
     table, prof, out = spec.table, spec.profile, spec.output_dir
