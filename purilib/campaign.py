@@ -29,8 +29,10 @@ import json
 import os
 import subprocess
 import sys
+import signal
 import tarfile
 import tempfile
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -126,6 +128,10 @@ def pack(work: Path, cache_dir, target: Path):
     partial.replace(target)
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 FAIL_FAST = 3  # groups in a row that fail within a minute of starting: the runner starts no more
 
 
@@ -159,49 +165,66 @@ def run(units, out, budget=540.0, processes=4, device="auto", data_root=None, ca
     queue_file = work / "queue.json"
     queue_file.write_text(json.dumps([dataclasses.asdict(u) for u in pending]))
     (work / "logs").mkdir()
-    told, failures = set(), 0  # units said not to fit; groups in a row that failed at once
-    while jobs or running:
-        now = time.time() - start
-        for job in list(jobs):
-            unit, group = job
-            if len(running) >= processes or now >= budget or failures >= FAIL_FAST:
-                break
-            if unit.id not in started_units and now + unit.estimate_s > budget:
-                if unit.id not in told:
-                    told.add(unit.id)
-                    log(f"[{now:.0f} s] {unit.id}: ~{unit.estimate_s} s does not fit in the {budget - now:.0f} s left")
-                continue  # a smaller unit further down may
-            jobs.remove(job)
-            started_units.setdefault(unit.id, now)
-            command = [sys.executable, "-m", "purilib.campaign", "group", str(queue_file), unit.id, str(group),
-                       "--out", str(work), "--device", device] + (["--data-root", str(data_root)] if data_root else [])
-            logfile = open(work / "logs" / f"{unit.id}.{group}.log", "w")
-            running[subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT, env=env)] = (unit, group, now, logfile)
-            log(f"[{now:.0f} s] started {unit.id} group {group + 1}/{len(unit.groups)}: {', '.join(unit.groups[group])}")
-        if not running:
-            break  # nothing left that fits
-        time.sleep(0.5)
-        now = time.time() - start
-        for process, (unit, group, began, logfile) in list(running.items()):
-            code = process.poll()
-            if code is None and now < budget:
-                continue
-            if code is None:  # the budget is spent: stop it; its finished cells are recorded already
-                process.kill()
-                code = process.wait()
-                code = "killed at the budget"
+    # stopped from outside (SIGTERM, Ctrl-C): the groups running are stopped, what they finished is packed
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        told, failures = set(), 0  # units said not to fit; groups in a row that failed at once
+        while jobs or running:
+            now = time.time() - start
+            for job in list(jobs):
+                unit, group = job
+                if len(running) >= processes or now >= budget or failures >= FAIL_FAST:
+                    break
+                if unit.id not in started_units and now + unit.estimate_s > budget:
+                    if unit.id not in told:
+                        told.add(unit.id)
+                        log(f"[{now:.0f} s] {unit.id}: ~{unit.estimate_s} s does not fit in the {budget - now:.0f} s "
+                            "left")
+                    continue  # a smaller unit further down may
+                jobs.remove(job)
+                started_units.setdefault(unit.id, now)
+                command = [sys.executable, "-m", "purilib.campaign", "group", str(queue_file), unit.id, str(group),
+                           "--out", str(work), "--device", device] + (["--data-root", str(data_root)] if data_root else [])
+                logfile = open(work / "logs" / f"{unit.id}.{group}.log", "w")
+                process = subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT, env=env)
+                running[process] = (unit, group, now, logfile)
+                log(f"[{now:.0f} s] started {unit.id} group {group + 1}/{len(unit.groups)}: "
+                    f"{', '.join(unit.groups[group])}")
+            if not running:
+                break  # nothing left that fits
+            time.sleep(0.5)
+            now = time.time() - start
+            for process, (unit, group, began, logfile) in list(running.items()):
+                code = process.poll()
+                if code is None and now < budget:
+                    continue
+                if code is None:  # the budget is spent: stop it; its finished cells are recorded already
+                    process.kill()
+                    code = process.wait()
+                    code = "killed at the budget"
+                logfile.close()
+                del running[process]
+                results_of[unit.id].append((group, code, round(now - began, 1)))
+                log(f"[{now:.0f} s] {unit.id} group {group + 1}/{len(unit.groups)}: exit {code} after {now - began:.0f} s")
+                if code not in (0, "killed at the budget"):
+                    tail = (work / "logs" / f"{unit.id}.{group}.log").read_text(errors="replace").strip()
+                    log("    " + "\n    ".join(tail.splitlines()[-3:]))
+                # a broken install fails every group within seconds: stop before it empties the queue
+                failures = failures + 1 if code not in (0, "killed at the budget") and now - began < 60 else 0
+                if failures == FAIL_FAST:
+                    log(f"[{now:.0f} s] {FAIL_FAST} groups in a row failed within a minute: starting no more")
+                pack(work, cache_dir, out / "records.tar.gz")
+    except KeyboardInterrupt:
+        log(f"[{time.time() - start:.0f} s] interrupted: stopping {len(running)} groups")
+        for process, (unit, group, began, logfile) in running.items():
+            process.kill()
+            process.wait()
             logfile.close()
-            del running[process]
-            results_of[unit.id].append((group, code, round(now - began, 1)))
-            log(f"[{now:.0f} s] {unit.id} group {group + 1}/{len(unit.groups)}: exit {code} after {now - began:.0f} s")
-            if code not in (0, "killed at the budget"):
-                tail = (work / "logs" / f"{unit.id}.{group}.log").read_text(errors="replace").strip().splitlines()[-3:]
-                log("    " + "\n    ".join(tail))
-            # a broken install fails every group within seconds: stop before it empties the queue
-            failures = failures + 1 if code not in (0, "killed at the budget") and now - began < 60 else 0
-            if failures == FAIL_FAST:
-                log(f"[{now:.0f} s] {FAIL_FAST} groups in a row failed within a minute: starting no more")
-            pack(work, cache_dir, out / "records.tar.gz")
+            results_of[unit.id].append((group, "interrupted", round(time.time() - start - began, 1)))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     finished = [u.id for u in pending if len(results_of[u.id]) == len(u.groups)
                 and all(code == 0 for _, code, _ in results_of[u.id])]
     partial = [u.id for u in pending if results_of[u.id] and u.id not in finished]

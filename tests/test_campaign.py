@@ -128,3 +128,26 @@ def test_unpack_refuses_a_member_outside_the_results(tmp_path):
         tar.add(payload, arcname="../../etc/x.json")
     with pytest.raises(ValueError, match="refusing member"):
         campaign.unpack(archive, tmp_path / "results", render=False)
+
+
+def test_a_runner_stopped_from_outside_stops_its_groups_and_still_packs(tmp_path):
+    """SIGTERM (a command's time limit, a Ctrl-C): the groups are stopped, campaign.json and the archive written."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    queue = tmp_path / "q.toml"
+    queue.write_text(QUEUE)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "purilib", "campaign", "run", "--queue", str(queue), "--profile",
+                                "smoke", "--results", str(tmp_path / "results"), "--out", str(out), "--device", "cpu",
+                                "--processes", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:  # until its first group has started
+        if "started" in line:
+            break
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=120)
+    summary = json.loads((out / "campaign.json").read_text())
+    assert "interrupted" in rest and summary["partial"] == ["t1-BadNets"]
+    assert summary["groups"]["t1-BadNets"][0][1] == "interrupted" and (out / "records.tar.gz").exists()
