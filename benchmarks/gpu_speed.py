@@ -11,7 +11,9 @@
    included) is not timed.
 2. Each defense's wall seconds on one (untrained) model with ``--defense-steps`` steps, with
    ``fast=False`` (the defense reads a number back from the device every step and draws its
-   batches on the CPU, as the loops did before the shared primitives) and ``fast=True``.
+   batches on the CPU, as the loops did before the shared primitives) and ``fast=True``; for the
+   loops that can (NFT, FT, FT-SAM, FP), also ``compile=True`` (``Defense.compiled``; on a GPU, or with
+   ``--compile-on-cpu``).
 
 Prints one JSON line per measurement (and appends it to ``--out``), each with the ratio
 reference / current.  Defaults: full width on a GPU; on the CPU the ``cpu`` profile's model
@@ -30,6 +32,8 @@ from purilib.defenses import DEFENSES, create_defense
 from purilib.devices import device_name, resolve_device
 from purilib.models import create_model
 from purilib.training import DEFAULT_TRAINING, fit
+
+COMPILED = ("NFT", "FT", "FT-SAM", "FP")  # the loops that call Defense.compiled
 
 
 def timed(device, run):
@@ -65,6 +69,7 @@ def main(argv=None):
     parser.add_argument("--defenses", default=",".join(DEFENSES))
     parser.add_argument("--defense-steps", type=int, default=None, help="default 200 on a GPU, 10 on the CPU")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--compile-on-cpu", action="store_true", help="time the compiled loops on the CPU too")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     gpu = device.startswith("cuda")
@@ -93,12 +98,20 @@ def main(argv=None):
     clean = create_dataset("synthetic", "train", num_train=500)
     for name in [d.strip() for d in args.defenses.split(",") if d.strip()]:
         seconds = {}
-        for fast in (False, True, False, True):  # interleaved, the second of each pair kept (warm)
+        # reference (fast=False), current (the default), and, for the loops that can, compiled (compile=True,
+        # opt-in until measured here); interleaved, the second of each pair kept (warm; compilation is in the
+        # first)
+        variants = {"reference": dict(fast=False), "current": dict(fast=True)}
+        if name in COMPILED and (gpu or args.compile_on_cpu):
+            variants["compiled"] = dict(fast=True, compile=True)
+        for variant in list(variants) * 2:
             overrides = {"steps": defense_steps} | ({"rounds": 2} if name == "I-BAU" else {})
-            defense = create_defense(name, device=device, progress=False, fast=fast, **overrides)
-            seconds[fast] = timed(device, lambda: defense.purify(model, clean))
-        emit({"item": f"defense {name}", "steps": defense_steps, "reference_s": round(seconds[False], 2),
-              "current_s": round(seconds[True], 2), "ratio": round(seconds[False] / seconds[True], 2)})
+            defense = create_defense(name, device=device, progress=False, **variants[variant], **overrides)
+            seconds[variant] = timed(device, lambda: defense.purify(model, clean))
+        emit({"item": f"defense {name}", "steps": defense_steps, "reference_s": round(seconds["reference"], 2),
+              "current_s": round(seconds["current"], 2), "ratio": round(seconds["reference"] / seconds["current"], 2),
+              **({"compiled_s": round(seconds["compiled"], 2),
+                  "compiled_ratio": round(seconds["current"] / seconds["compiled"], 2)} if "compiled" in seconds else {})})
     return 0
 
 

@@ -107,3 +107,18 @@ def test_a_callback_sees_every_step(model_and_clean, name):
                              callback=lambda step, m: seen.append((step, m.training is not None)), **overrides)
     defense.purify(model, clean)
     assert [s for s, _ in seen] == list(range(4))
+
+
+@pytest.mark.parametrize("name", ["NFT", "FT-SAM"])  # masks through parametrize; BN statistics frozen by module
+def test_a_compiled_loop_captures_the_same_step(name, model_and_clean, capsys):
+    """compile="eager": torch.compile's graph capture without code generation (quick on a CPU) runs the
+    same operations, so the purified weights equal the plain loop's; compile=False is the default."""
+    from purilib.defenses import create_defense
+    model, clean = model_and_clean
+    plain = create_defense(name, device="cpu", progress=False, steps=3, batch_size=16)
+    assert plain.compile is False and plain.compiled(model) is model
+    captured = create_defense(name, device="cpu", progress=False, steps=3, batch_size=16, compile="eager")
+    a, b = plain.purify(model, clean).state_dict(), captured.purify(model, clean).state_dict()
+    assert "torch.compile" not in capsys.readouterr().out  # captured, not fallen back to the plain loop
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    assert create_defense(name, device="cpu", compile="auto").compiled(model) is model  # auto: CUDA only

@@ -33,7 +33,8 @@ class Defense:
     DEFAULTS: dict = {}
     checkpoint_every = None  # steps between the checkpoints a table evaluates (the method's released cadence)
 
-    def __init__(self, device="auto", bf16=False, seed=0, progress=True, callback=None, fast=True, **overrides):
+    def __init__(self, device="auto", bf16=False, seed=0, progress=True, callback=None, fast=True, compile=False,
+                 **overrides):
         unknown = set(overrides) - set(self.DEFAULTS)
         if unknown:
             raise ValueError(f"{self.name}: unknown settings {sorted(unknown)}; known: {sorted(self.DEFAULTS)}")
@@ -43,6 +44,10 @@ class Defense:
         # fast=False: the reference loop benchmarks/gpu_speed.py compares with (batches drawn on the CPU,
         # the host waiting for the device every step, as the loops did before these primitives)
         self.fast = fast
+        # compile: the loop's network through torch.compile (``compiled``): False (the plain loop, the reference
+        # and the default until it is measured on a GPU), "auto" (on CUDA only), True, or a torch.compile
+        # backend name ("eager": graph capture alone, what the CPU tests check)
+        self.compile = compile
         self.stats = {}
 
     def purify(self, model: torch.nn.Module, clean: ImageSet) -> torch.nn.Module:
@@ -68,6 +73,20 @@ class Defense:
         return clean_batches(clean, batch_size, steps, self.device, self.seed + seed_offset,
                              draw_on=self.device if self.fast else "cpu")
 
+    def compiled(self, model):
+        """``model`` as the loop should call it: through ``torch.compile`` when ``self.compile`` asks, the
+        plain model otherwise.  Parameters, buffers and train / eval mode are the model's own; if compiling
+        fails at the first call, the loop goes on with the plain model (said once)."""
+        cuda = torch.device(self.device).type == "cuda"
+        if not self.compile or (self.compile == "auto" and not cuda):
+            return model
+        backend = self.compile if isinstance(self.compile, str) and self.compile != "auto" else "inductor"
+        try:
+            return _FirstCallFallback(torch.compile(model, backend=backend), model, self.name)
+        except Exception as error:  # noqa: BLE001  (no compiler here): the plain loop
+            print(f"{self.name}: torch.compile unavailable ({type(error).__name__}: {error}); running uncompiled")
+            return model
+
     def steps(self, iterable, total, desc=None, model=None):
         """``iterable`` with a progress bar; after each item, ``callback(step, model)`` if one was given."""
         for step, item in enumerate(progress(iterable, total=total, desc=desc or self.name, enabled=self.progress)):
@@ -78,6 +97,29 @@ class Defense:
                 began = time.time()
                 self.callback(step, model)
                 self.callback_seconds = getattr(self, "callback_seconds", 0.0) + time.time() - began
+
+
+class _FirstCallFallback(torch.nn.Module):
+    """A compiled network that falls back to the plain one if its first call fails (compilation errors
+    surface there, if at all).  A module whose only submodule is the plain network: its modules, mode and
+    parameters are that network's."""
+
+    def __init__(self, compiled, plain, who):
+        super().__init__()
+        self.plain = plain
+        object.__setattr__(self, "network", compiled)  # not a submodule: the plain network's modules, once
+        self.who, self.first = who, True
+
+    def forward(self, *args, **kwargs):
+        if not self.first:
+            return self.network(*args, **kwargs)
+        self.first = False
+        try:
+            return self.network(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001
+            print(f"{self.who}: torch.compile failed ({type(error).__name__}: {str(error)[:200]}); running uncompiled")
+            object.__setattr__(self, "network", self.plain)
+            return self.plain(*args, **kwargs)
 
 
 def check_clean_set(clean, model, who="purify"):

@@ -25,9 +25,10 @@ class FineTuning(Defense):
         self.stats["trainable_params"] = count_trainable(params)
         optimizer = torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"])
         batches = self.batches(clean, c["batch_size"], c["steps"])
+        network = self.compiled(model)
         for step, (x, y) in self.steps(batches, c["steps"], model=model):
             optimizer.param_groups[0]["lr"] = cosine_lr(step, c["steps"], c["lr"])
-            self.update(model, params, optimizer, x, y)
+            self.update(network, params, optimizer, x, y)
         return model
 
     def update(self, model, params, optimizer, x, y):

@@ -100,13 +100,14 @@ class NFT(Defense):
             beta = torch.distributions.Beta(alpha, alpha) if c["mixup_alpha"] > 0 else None
             g = generator(self.seed + 1, self.device)
             model.train(c["bn_train_mode"])
+            network = self.compiled(model)
             batches = self.batches(clean, c["batch_size"], c["steps"])
             for step, (x, y) in self.steps(batches, c["steps"], model=model):
                 optimizer.param_groups[0]["lr"] = cosine_lr(step, c["steps"], c["lr"], c["final_lr"])
                 lam = beta.sample() if beta is not None else torch.ones_like(alpha)  # on the device: no sync
                 partner = torch.randperm(len(y), generator=g, device=y.device)
                 with self.autocast():
-                    out = model(lam * x + (1 - lam) * x[partner])
+                    out = network(lam * x + (1 - lam) * x[partner])
                     loss = lam * F.cross_entropy(out, y) + (1 - lam) * F.cross_entropy(out, y[partner])
                 reg = sum((1 - m).abs().sum() for m in masks) * c["mask_reg"] / per_class
                 optimizer.zero_grad(set_to_none=True)
