@@ -9,7 +9,8 @@
 #
 # $OUT gets 5 plain files (the device tool brings back at most 8): gpu.txt, session.log, campaign.json,
 # records.tar.gz (rewritten after every group: a command killed at its limit still brings back each finished
-# cell), logs.tar.gz.
+# cell), logs.tar.gz; with SPEED_SECONDS=N the last N seconds time the defense loops (gpu_speed.jsonl: reference,
+# current and the opt-in compiled loop, SPEED_DEFENSES, default NFT,FT-SAM).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to a folder for the results}"
@@ -25,5 +26,10 @@ start=$(date +%s)
 # decoded once here, so that the runner's processes all read the cache instead of decoding at once
 "$python" -c "from purilib.data import load_cifar10; load_cifar10('test')" >> "$OUT/gpu.txt" 2>&1
 left=$(( budget - ($(date +%s) - start) - 10 ))
-"$python" -m purilib.campaign run --out "$OUT" --budget "$left" --processes "${PROCESSES:-6}" --device "$device" \
-  ${PROFILE:+--profile "$PROFILE"} 2>&1 | tee "$OUT/session.log"
+speed=${SPEED_SECONDS:-0}  # seconds kept at the end for gpu_speed.py on the defenses (reference, current, compiled)
+"$python" -m purilib.campaign run --out "$OUT" --budget "$(( left - speed ))" --processes "${PROCESSES:-6}" \
+  --device "$device" ${PROFILE:+--profile "$PROFILE"} 2>&1 | tee "$OUT/session.log"
+if [ "$speed" -gt 0 ]; then
+  timeout "$speed" "$python" benchmarks/gpu_speed.py --device "$device" --batch-sizes "" --defenses "${SPEED_DEFENSES:-NFT,FT-SAM}" \
+    --defense-steps "${SPEED_STEPS:-1000}" --out "$OUT/gpu_speed.jsonl" >> "$OUT/session.log" 2>&1
+fi

@@ -86,7 +86,7 @@ def main(argv=None):
             with open(args.out, "a") as f:
                 f.write(text + "\n")
 
-    for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+    for batch_size in [int(b) for b in args.batch_sizes.split(",") if b.strip()]:  # "": the defenses only
         reference = training_step(device, width, bool(args.bf16), batch_size, train_steps, fast=False)
         current = training_step(device, width, bool(args.bf16), batch_size, train_steps, fast=True)
         emit({"item": f"training step, batch {batch_size}", "reference_ms": round(1000 * reference, 2),
