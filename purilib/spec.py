@@ -84,9 +84,9 @@ class RunSpec:
         """The request checked: names, amounts, networks, seeds, workers, executor (each refusal one line)."""
         table = get_table(table_id)
         base = get_profile(profile)
+        prof = for_dataset(base, table.dataset)  # a profile without the table's data set's recipe says so
         if base.name not in table.profiles:
             raise ValueError(f"table {table.id} has no profile '{base.name}' (it has: {', '.join(table.profiles)})")
-        prof = for_dataset(base, table.dataset)
         attacks = tuple(attacks or table.rows(prof.name))
         defenses = tuple(defenses or table.defenses)
         _refuse_unknown(attacks, table.attacks, "row (attack)", table)

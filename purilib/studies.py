@@ -34,6 +34,8 @@ def mask_table(records: pd.DataFrame) -> pd.DataFrame:
 def findings(masks: pd.DataFrame) -> str:
     """The study's answer per attack, in sentences made from the numbers."""
     lines = []
+    if "network" not in masks:  # a mask table made without networks: one, unnamed
+        masks = masks.assign(network="")
     several = masks["network"].nunique() > 1 if len(masks) else False  # networks side by side: named
     for (network, attack), group in masks.groupby(["network", "attack"], sort=False):
         group = group.groupby("variant", sort=False)[["acc", "asr", "acc_before", "asr_before",
@@ -74,7 +76,7 @@ def write_outputs(records: pd.DataFrame, profile: str, output_dir=None):
 
 def mask_markdown(masks: pd.DataFrame) -> str:
     """``mask_table`` as a Markdown table (ACC / ASR / RA in %, masks' statistics)."""
-    several = masks["network"].nunique() > 1 if len(masks) else False
+    several = masks["network"].nunique() > 1 if "network" in masks and len(masks) else False
     lines = ["| Attack | Variant | ACC | ASR | RA | mask layers | mean of layer means | lowest layer mean "
              "| entries < 0.5 (%) | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in masks.itertuples():
