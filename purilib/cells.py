@@ -71,10 +71,6 @@ class Row:
             self._clean[source] = clean_subset(self.train, pool, self.clean_per_class, seed=self.seed)
         return self._clean[source]
 
-    @property
-    def clean(self):
-        return self.clean_set("reserve")
-
     def hessian_data(self, protocol, settings, clean):
         """(images, what they are) for the Hessian measurements of ``protocol`` (hessian.SHARPNESS_PROTOCOLS):
         the FIP authors' augmented batch of training images, or ``clean``, the column's clean set."""
