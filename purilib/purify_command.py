@@ -4,8 +4,8 @@
     python -m purilib purify suspect.pt --model resnet18 --normalization none --clean my_clean/ --test my_test/ \\
         --attack BadNets --out purified.safetensors
 
-The checkpoint is untrusted input: safetensors, or a plain state dict through ``torch.load(...,
-weights_only=True)``.  Clean data: ``--clean DIR`` (``DIR/<class>/*.png|jpg``, classes sorted by name) or
+The checkpoint is untrusted input: it is read by ``checkpoints.load_weights`` (safetensors, or a plain
+state dict with ``weights_only=True``), which refuses pickled code.  Clean data: ``--clean DIR`` (``DIR/<class>/*.png|jpg``, classes sorted by name) or
 ``--clean-per-class K`` (K images per class from CIFAR-10's held-out reserve under the data root).
 Before and after purification it prints ACC on the test set (``--test DIR``, else CIFAR-10's test split) and,
 given the attack (``--attack NAME [--attack-kwargs JSON]``, or a purilib model's ``manifest.json`` beside the
