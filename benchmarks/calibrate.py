@@ -13,7 +13,7 @@ import ast
 from purilib.data import clean_subset
 from purilib.defenses import create_defense
 from purilib.metrics import evaluate
-from purilib.profiles import get_profile, training_settings
+from purilib.profiles import resolve, training_settings
 from purilib.training import load_training_data, restore_attack, train_backdoored_model
 
 
@@ -31,7 +31,7 @@ def main():
     parser.add_argument("overrides", nargs="*", help="training settings, key=value")
     parser.add_argument("--profile", default="cpu")
     args = parser.parse_args()
-    profile = get_profile(args.profile)
+    profile = resolve(args.profile)
     training = training_settings(profile, args.attack)  # the tables' recipe: the same cached model
     for item in args.overrides:
         key, value = item.split("=", 1)

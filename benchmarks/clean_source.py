@@ -14,12 +14,12 @@ import json
 import time
 from pathlib import Path
 
-from purilib.cells import prepare_row, resolve_profile
+from purilib.cells import prepare_row
 from purilib.data import CLEAN_SOURCES
 from purilib.defenses import create_defense
 from purilib.devices import device_name, resolve_device
 from purilib.metrics import evaluate
-from purilib.profiles import defense_overrides
+from purilib.profiles import defense_overrides, resolve
 from purilib.provenance import code_version
 
 
@@ -31,7 +31,7 @@ def main(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    prof, device = resolve_profile(args.profile), resolve_device(args.device)
+    prof, device = resolve(args.profile), resolve_device(args.device)
     out = Path(args.out) if args.out else None
     for attack_name in args.attacks.split(","):
         row = prepare_row(prof, attack_name, 0, prof.clean_per_class, device)

@@ -14,7 +14,7 @@ import json
 from purilib.data import clean_subset
 from purilib.defenses import create_defense
 from purilib.metrics import evaluate
-from purilib.profiles import get_profile, training_settings
+from purilib.profiles import resolve, training_settings
 from purilib.training import load_training_data, restore_attack, train_backdoored_model
 
 VARIANTS = {
@@ -33,7 +33,7 @@ def main():
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--variants", default="|".join(VARIANTS), help="names separated by |")
     args = parser.parse_args()
-    profile = get_profile(args.profile)
+    profile = resolve(args.profile)
     model, manifest = train_backdoored_model(attack=args.attack, **training_settings(profile, args.attack))
     data = load_training_data(manifest["config"])
     train, test, attack, reserved = data.train, data.test, data.attack, data.reserved

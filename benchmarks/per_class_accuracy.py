@@ -12,7 +12,7 @@ import torch
 
 from purilib.attack_report import backdoored
 from purilib.metrics import predict
-from purilib.profiles import get_profile
+from purilib.profiles import resolve
 from purilib.devices import resolve_device
 
 
@@ -22,7 +22,7 @@ def main():
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    profile, device = get_profile(args.profile), resolve_device(args.device)
+    profile, device = resolve(args.profile), resolve_device(args.device)
     for name in args.attacks.split(","):
         model, manifest, attack, test = backdoored(name, profile, 0, device)
         predicted = predict(model, test.images, device=device, bf16=profile.bf16).cpu()

@@ -12,7 +12,8 @@ render the notebook, the record of the run, where papermill is:
 import argparse
 import sys
 
-from purilib import experiment
+from purilib import experiment, reports
+from purilib.spec import RunSpec
 
 
 def names(text):
@@ -35,16 +36,15 @@ def main(argv=None):
     parser.add_argument("--executor", default="local")
     args = parser.parse_args(argv)
     try:
-        records = experiment.run_table(args.table, profile=args.profile, attacks=args.attacks,
-                                       defenses=args.defenses, seeds=args.seeds, device=args.device,
-                                       data_root=args.data_root, cache_dir=args.cache_dir,
-                                       output_dir=args.output_dir, clean_per_class=args.clean_per_class,
-                                       workers=args.workers, executor=args.executor)
+        spec = RunSpec.build(args.table, args.profile, attacks=args.attacks, defenses=args.defenses,
+                             seeds=args.seeds, device=args.device, data_root=args.data_root, cache_dir=args.cache_dir,
+                             output_dir=args.output_dir, clean_per_class=args.clean_per_class,
+                             workers=args.workers, executor=args.executor)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    summary, _ = experiment.write_outputs(records, args.table, args.profile, args.output_dir)
-    print(experiment.to_markdown(summary, args.table, args.profile))
+    report = reports.write(experiment.run(spec), spec)
+    print(reports.to_markdown(report.summary, args.table, args.profile))
     return 0
 
 

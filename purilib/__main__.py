@@ -1,6 +1,6 @@
 """``python -m purilib`` (also the ``purilib`` command): one way in.
 
-    purilib run TABLE [options]        regenerate a table (./reproduce.sh's options; papermill executes its notebook)
+    purilib run TABLE [options]        regenerate a table: its notebook executed by papermill (purilib run --help)
     purilib list                       the tables and profiles
     purilib render TABLE --profile P   the table rendered from its records (nothing trained)
     purilib index [RESULTS_DIR]        rewrite results/README.md's index from the records
@@ -9,10 +9,7 @@
 
 argparse, as the rest of purilib: no dependency for a handful of subcommands.
 """
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 USAGE = __doc__.split("\n\n")[1]
 
@@ -21,13 +18,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
     try:
-        if command == "run":  # the notebook through papermill, as ./reproduce.sh does it (that script is the runner)
-            script = Path(__file__).resolve().parents[1] / "reproduce.sh"
-            if not script.exists():
-                raise ValueError("purilib run needs the checkout's reproduce.sh (purilib installed from a clone)")
-            env = {**os.environ, "PURILIB_PYTHON": os.environ.get("PURILIB_PYTHON", sys.executable)}
-            return subprocess.call([str(script), *rest], env=env)
-        if command in ("list", "index", "check"):
+        if command in ("run", "list", "index", "check"):
             from .cli import main as cli_main
             return cli_main([command, *rest])
         if command == "render":

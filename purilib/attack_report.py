@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .profiles import get_profile, training_settings
+from .profiles import training_settings
 from .devices import generator, resolve_device
 from .tables import get_table, published
 from .training import load_training_data, restore_attack, train_backdoored_model
@@ -26,10 +26,10 @@ def backdoored(attack_name, profile, seed=0, device="cpu", data_root=None, cache
     return model, manifest, restore_attack(attack, manifest, cache_dir), test
 
 
-def run_attack_table(profile="smoke", attacks=None, seed=0, device="auto", data_root=None, cache_dir=None):
+def run_attack_table(prof, attacks=None, seed=0, device="auto", data_root=None, cache_dir=None):
     """One row per attack: the backdoored model's ACC / ASR / RA, its ACC drop against the benign
-    model (same recipe), training seconds, and the paper's no-defense numbers."""
-    table, prof = get_table("attacks"), get_profile(profile)
+    model (same recipe), training seconds, and the paper's no-defense numbers (``prof``: a Profile)."""
+    table = get_table("attacks")
     attacks = list(attacks or table.attacks)
     device = resolve_device(device)
     paper = published(table)
@@ -70,11 +70,10 @@ def mixed_subset(test, size=1000, seed=0):
     return test.subset(order[:min(size, len(test))])
 
 
-def gallery(attacks, profile="smoke", seed=0, device="auto", data_root=None, cache_dir=None, image_index=0,
-            amplify=5.0):
+def gallery(attacks, prof, seed=0, device="auto", data_root=None, cache_dir=None, image_index=0, amplify=5.0):
     """Figure: per attack (a column), a clean test image, its triggered version and |difference| x amplify."""
     import matplotlib.pyplot as plt
-    prof, device = get_profile(profile), resolve_device(device)
+    device = resolve_device(device)
     names = [a for a in attacks if a != "Benign"]
     fig, axes = plt.subplots(3, len(names), figsize=(1.6 * len(names), 5.2), squeeze=False)
     for column, name in enumerate(names):
@@ -101,3 +100,25 @@ def gallery(attacks, profile="smoke", seed=0, device="auto", data_root=None, cac
                 ax.set_ylabel(label, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def write(spec):
+    """The attacks table of ``spec`` (a checked RunSpec of table "attacks"): table.csv, table.md and
+    gallery.png in its output folder; returns a ``reports.Report``."""
+    import matplotlib.pyplot as plt
+
+    from .reports import Report
+    from .reports.summary import percentages_valid
+    out, prof = spec.output_dir, spec.profile
+    out.mkdir(parents=True, exist_ok=True)
+    where = dict(device=spec.device, data_root=spec.data_root, cache_dir=spec.cache_dir)
+    table = run_attack_table(prof, attacks=spec.attacks, **where)
+    table.to_csv(out / "table.csv", index=False)
+    text = to_markdown(table, prof.name)
+    (out / "table.md").write_text(text)
+    figure = gallery(table["attack"], prof, **where)
+    figure.savefig(out / "gallery.png", dpi=120)
+    plt.close(figure)
+    outline = (", ".join(table["attack"]) + f"\n{len(table)} models; ACC and ASR within [0, 100]: "
+               f"{percentages_valid(table)}")
+    return Report(table, figure, [text], outline, ["table.csv", "table.md", "gallery.png"], colors=256)

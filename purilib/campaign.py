@@ -38,6 +38,7 @@ import tomllib
 from pathlib import Path
 
 from . import settings
+from .records import migrate, read_record, weights
 
 QUEUE = Path(__file__).resolve().parents[1] / "benchmarks" / "campaign.toml"
 
@@ -99,7 +100,8 @@ def _run_kwargs(unit, defenses):
 
 def is_done(unit, results=None) -> bool:
     """Every cell of ``unit`` has a record in the results folder made with its recipe, settings and clean data."""
-    from .experiment import output_dir_for, run_table
+    from .experiment import run_table
+    from .spec import output_dir_for
     out = output_dir_for(unit.table, unit.profile, None if results is None else Path(results) / unit.table / unit.profile)
     try:
         run_table(unit.table, unit.profile, from_records=True, output_dir=out, **_run_kwargs(unit, unit.defenses))
@@ -265,7 +267,7 @@ def unpack(archive, results=None, render=True, papermill=True, log=print) -> lis
             elif len(parts) == 4 and parts[0] in TABLES and parts[2] == "records" and parts[3].endswith(".json"):
                 target = results / Path(*parts)
                 data = tar.extractfile(member).read()
-                incoming[target] = json.loads(data)
+                incoming[target] = migrate(json.loads(data))
                 if (parts[0], parts[1]) not in touched:
                     touched.append((parts[0], parts[1]))
             else:
@@ -284,8 +286,8 @@ def unpack(archive, results=None, render=True, papermill=True, log=print) -> lis
 
 
 def _row_of(record):
-    network = record.get("network") or (record.get("training_config") or {}).get("model", "")
-    return network, record["attack"], record["seed"], record.get("clean_per_class")
+    """A (migrated) record's row: network, attack, seed, clean images per class."""
+    return record["network"], record["attack"], record["seed"], record["clean_per_class"]
 
 
 def _set_aside_other_models(incoming: dict) -> int:
@@ -295,13 +297,13 @@ def _set_aside_other_models(incoming: dict) -> int:
     moved = 0
     folders = {path.parent for path in incoming}
     for folder in folders:
-        new = {_row_of(r): r.get("weights_digest") for p, r in incoming.items() if p.parent == folder}
+        new = {_row_of(r): weights(r) for p, r in incoming.items() if p.parent == folder}
         for path in sorted(folder.glob("*.json")):
             if path in incoming:
                 continue
-            record = json.loads(path.read_text())
+            record = read_record(path)
             row = _row_of(record)
-            if row in new and record.get("weights_digest") != new[row]:
+            if row in new and weights(record) != new[row]:
                 (folder / "superseded").mkdir(exist_ok=True)
                 path.replace(folder / "superseded" / path.name)
                 moved += 1
@@ -314,13 +316,14 @@ def renderable(table_id, profile, results=None) -> dict:
     the amount of clean data where a table over amounts has a single one recorded (else None: every amount).
     Of the grid over every recorded network and that of the table's own network(s) alone, the one with
     more cells (on a tie the table's own: a new network's first rows do not un-render the others)."""
-    from .cells import resolve_profile
-    from .experiment import output_dir_for, run_table
-    from .tables import get_table
-    table = get_table(table_id)
-    out = output_dir_for(table_id, profile, None if results is None else Path(results) / table_id / profile)
-    found = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
-    default = sorted(table.models) or [resolve_profile(profile, dataset=table.dataset).training["model"]]
+    from .experiment import run_table
+    from .spec import RunSpec, output_dir_for
+    spec = RunSpec.build(table_id, profile, from_records=True, log=lambda *_: None,
+                         output_dir=output_dir_for(table_id, profile, None if results is None
+                                                   else Path(results) / table_id / profile))
+    table, out = spec.table, spec.output_dir
+    found = [read_record(p) for p in sorted((out / "records").glob("*.json"))]
+    default = sorted(table.models) or [spec.profile.network]
     amounts = sorted({r.get("clean_per_class") for r in found if r.get("clean_per_class")})
     clean = amounts[0] if table.clean_amounts and len(amounts) == 1 else None
 
@@ -347,33 +350,32 @@ def renderable(table_id, profile, results=None) -> dict:
 
 
 def render_from_records(table_id, profile, results=None, papermill=True, log=print):
-    """The table's notebook executed from its records (papermill, through ./reproduce.sh), or, where papermill
+    """The table's notebook executed from its records (papermill, through ``purilib run``), or, where papermill
     is missing (or ``papermill=False``), its table.csv / table.md / figure written directly."""
-    from .experiment import output_dir_for, run_table, write_outputs
+    from .experiment import run
+    from .reports import write
+    from .spec import RunSpec, output_dir_for
     plan = renderable(table_id, profile, results)
     rows, columns, model = plan["rows"], plan["columns"], plan["model"]
     if not rows or not columns:
         log(f"{table_id}/{profile}: nothing complete to render")
         return
     out = output_dir_for(table_id, profile, None if results is None else Path(results) / table_id / profile)
-    checkout = Path(__file__).resolve().parents[1]
     try:
         import papermill as _  # noqa: F401
-        papermill = papermill and (checkout / "reproduce.sh").exists()
     except ImportError:
         papermill = False
     if papermill:
-        env = {**os.environ, "PURILIB_RESULTS_DIR": str(Path(results or settings.results_dir()).resolve()),
-               "PURILIB_PYTHON": sys.executable}
-        command = [str(checkout / "reproduce.sh"), table_id, "--profile", profile, "--attacks", ",".join(rows),
+        env = {**os.environ, "PURILIB_RESULTS_DIR": str(Path(results or settings.results_dir()).resolve())}
+        command = [sys.executable, "-m", "purilib", "run", table_id, "--profile", profile, "--attacks", ",".join(rows),
                    "--defenses", ",".join(columns), "--from-records"]
         command += ["--model", ",".join(model)] if model else []
         command += ["--clean-per-class", str(plan["clean_per_class"])] if plan["clean_per_class"] else []
         subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
     else:
-        records = run_table(table_id, profile, attacks=rows, defenses=columns, from_records=True, output_dir=out,
-                            model=model, clean_per_class=plan["clean_per_class"])
-        write_outputs(records, table_id, profile, out)
+        spec = RunSpec.build(table_id, profile, attacks=rows, defenses=columns, from_records=True, output_dir=out,
+                             model=model, clean_per_class=plan["clean_per_class"], log=lambda *_: None)
+        write(run(spec), spec)
     log(f"{table_id}/{profile}: rendered {len(rows)} rows x {len(columns)} columns"
         f"{' on ' + ', '.join(model) if model else ''} from records")
 

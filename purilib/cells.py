@@ -20,22 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import features, spectra, trajectory
+from . import measures, trajectory
 from .data import clean_pool, clean_subset
 from .defenses import NO_DEFENSE, create_defense
 from .devices import device_name
-from .hessian import SHARPNESS_PROTOCOLS, authors_batch, sharpness
+from .hessian import SHARPNESS_PROTOCOLS, authors_batch
 from .metrics import defense_effectiveness_rating, evaluate
-from .profiles import defense_overrides, for_dataset, get_profile, training_settings
+from .profiles import defense_overrides, training_settings
 from .provenance import code_version
+from .records import Record, read_record, write_record
 from .training import load_training_data, restore_attack, train_backdoored_model
-
-
-def resolve_profile(profile, model=None, dataset="CIFAR-10"):
-    """The profile as it stands for ``dataset`` (a table's: "CIFAR-10" or "ImageNet"), its network replaced
-    by ``model`` when one is given."""
-    prof = for_dataset(get_profile(profile), dataset)
-    return dataclasses.replace(prof, training={**prof.training, "model": model}) if model is not None else prof
 
 
 @dataclasses.dataclass
@@ -110,8 +104,7 @@ def prepare_row(prof, attack_name, seed, clean_per_class, device, data_root=None
 
 def record_path(out, prof, attack_name, defense_name, seed, per_class) -> Path:
     shots = "" if per_class == prof.clean_per_class else f"__{per_class}per_class"
-    network = prof.training["model"]  # another network than the profile's: records of its own
-    shots += "" if network == resolve_profile(prof.name, dataset=prof.dataset).training["model"] else f"__{network}"
+    shots += "" if prof.own_network else f"__{prof.network}"  # another network than the profile's: records of its own
     column = re.sub(r"[^A-Za-z0-9._-]", "_", defense_name)  # file names portable everywhere
     return out / "records" / f"{attack_name}__{column}__seed{seed}{shots}.json"
 
@@ -130,89 +123,66 @@ def as_json(value):
     return json.loads(json.dumps(value, default=float))
 
 
-def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, progress, cache_dir=None):
+def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, progress, cache_dir=None) -> dict:
+    """The column's defense on the row's model, measured (``Table.measures``: ``measures.MEASURES``) and
+    recorded (``records.Record``); a finished record of the same identity is returned instead."""
     source = table.clean_source(defense_name)
     model, manifest, attack, clean, test = row.model, row.manifest, row.attack, row.clean_set(source), row.test
     per_class = len(clean) // clean.num_classes
     path = record_path(out, prof, attack_name, defense_name, seed, per_class)
     defense, overrides = column_defense(table, prof, defense_name, device=device, bf16=prof.bf16, seed=seed,
-                                  progress=progress)
+                                        progress=progress)
     # a finished record is reused only if it was computed from these very weights (not only the same
     # recipe: another machine trains other weights from it), by this code, on the same clean data, with
-    # the defense's full settings
+    # the defense's full settings and the measurements' settings
     identity = {"model_key": manifest["key"], "weights_digest": manifest["weights_digest"],
                 "code_version": code_version(), "clean_checksum": clean.checksum(), "clean_source": source,
                 "defense_config": as_json(defense.config if defense else {})}
-    if table.measures:  # sharpness and trajectory always, as records made before the others existed have them
-        identity["measures"] = as_json({"names": list(table.measures), "sharpness": prof.sharpness,
-                                         "trajectory": prof.trajectory,
-                                         **{m: getattr(prof, m) for m in ("spectrum", "history", "features")
-                                            if m in table.measures}})
+    if table.measures:
+        identity["measures"] = as_json(measures.identity(table.measures, prof))
     if path.exists():
-        record = json.loads(path.read_text())
+        record = read_record(path)
         if all(record.get(k) == v for k, v in identity.items()):
             record["reused"] = True
             return record  # finished in an earlier run
     before = row.before
-    trainable, seconds, after, stats, purified, points, checkpoints = 0, 0.0, before, {}, model, [], []
-    # the Hessian's data for the spectrum, the trajectory and the history: the headline protocol's
-    headline = next(iter(prof.sharpness))
-    figures = {"trajectory", "spectrum", "history"} & set(table.measures)
-    hessian_images, hessian_name = row.hessian_data(headline, prof.sharpness[headline], clean) if figures \
-        else (None, None)
-    if defense is not None and "trajectory" in table.measures:  # FIP Figure 3: measured along the defense
-        t = prof.trajectory
-        subset = trajectory.test_subset(test, t["test_images"])
-        points.append(trajectory.start_point(model, hessian_images, subset, attack, t["iterations"], device,
-                                             prof.bf16))
-        defense.callback = trajectory.recorder(points, hessian_images, subset, attack, max(
-            1, defense.config["steps"] // t["points"]), t["iterations"], device, prof.bf16)
-    elif defense is not None and defense.checkpoint_every and attack is not None:  # e.g. NFT every 200 steps
-        subset = trajectory.test_subset(test, prof.trajectory["test_images"])
+    chosen = [measures.MEASURES[name] for name in table.measures]
+    cell = measures.Cell(prof, row, clean, defense, seed, device, cache_dir, purified=model)
+    if any(m.hessian_data for m in chosen):  # the headline sharpness protocol's data
+        headline = next(iter(prof.sharpness))
+        cell.hessian_images, cell.hessian_name = row.hessian_data(headline, prof.sharpness[headline], clean)
+    for m in chosen:
+        if m.during:
+            m.during(cell)
+    checkpoints = []
+    if defense is not None and defense.callback is None and defense.checkpoint_every and attack is not None:
+        subset = trajectory.test_subset(test, prof.trajectory["test_images"])  # e.g. NFT's, every 200 steps
         defense.callback = trajectory.checkpoint_recorder(checkpoints, subset, attack, defense.checkpoint_every,
                                                           device, prof.bf16)
+    trainable, seconds, after, stats = 0, 0.0, before, {}
     if defense is not None:
-        purified = defense.purify(model, clean)
-        after = evaluate(purified, test, attack, device=device, bf16=prof.bf16)
+        cell.purified = defense.purify(model, clean)
+        after = evaluate(cell.purified, test, attack, device=device, bf16=prof.bf16)
         stats = dict(defense.stats)
         trainable, seconds = stats.pop("trainable_params"), stats.pop("seconds")
         if checkpoints:
             stats["checkpoints"] = checkpoints
     measured = {}
-    if "sharpness" in table.measures:  # each protocol's numbers; the headline's in the record's own columns
-        measured["sharpness"] = {}
-        for protocol, settings in prof.sharpness.items():
-            images, name = row.hessian_data(protocol, settings, clean)
-            measured["sharpness"][protocol] = sharpness(
-                purified, images, seed=seed, data_name=name,
-                **{k: v for k, v in settings.items() if k in ("iterations", "samples", "tol")})
-        measured.update(measured["sharpness"][headline], sharpness_protocol=headline)
-    if "spectrum" in table.measures:  # FIP Figure 1 (a, b)
-        measured.update(spectra.spectrum(purified, hessian_images, seed=seed, data_name=hessian_name,
-                                         **prof.spectrum))
-    if "features" in table.measures:  # FIP Figure 5, NFT Figure 1: t-SNE of the features
-        measured.update(features.measure(purified, test, attack, seed=seed, **prof.features))
-    if "history" in table.measures:  # FIP Figure 1 (c): the snapshots of the model's training
-        measured["history"] = spectra.history(model, manifest, hessian_images, test, attack, device=device,
-                                              bf16=prof.bf16, cache_dir=cache_dir, **prof.history)
+    for m in chosen:
+        measured.update(m.after(cell))
+    if cell.hessian_name:
+        measured["figure_hessian_data"] = cell.hessian_name
     der = np.nan
     if attack is not None:
         der = defense_effectiveness_rating(before["asr"], after["asr"], before["acc"], after["acc"])
-    record = {
-        "table": table.id, "profile": prof.name, "attack": attack_name, "defense": defense_name, "seed": seed,
-        "acc": after["acc"], "asr": after.get("asr", np.nan), "ra": after.get("ra", np.nan), "der": der,
-        "acc_before": before["acc"], "asr_before": before.get("asr", np.nan), "seconds": round(seconds, 2),
-        "trainable_params": trainable, "overrides": overrides, "method": defense.name if defense else NO_DEFENSE,
-        "network": prof.training["model"],
-        "defense_stats": as_json(stats), **as_json(measured), **identity,
-        **({"trajectory": as_json(points)} if points else {}),
-        "clean_images": len(clean), "clean_per_class": per_class, "training_config": manifest["config"],
-        **({"figure_hessian_data": hessian_name} if figures else {}),
-        "torch": torch.__version__, "device": device, "device_name": device_name(device),
-        "host": platform.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "load_average_1min": round(os.getloadavg()[0], 2),  # wall seconds mean little on a busy machine
-    }
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(record, indent=1, default=float))
-    partial.replace(path)
-    return record
+    record = Record(
+        table=table.id, profile=prof.name, attack=attack_name, defense=defense_name, seed=seed,
+        acc=after["acc"], asr=after.get("asr", np.nan), ra=after.get("ra", np.nan), der=der,
+        acc_before=before["acc"], asr_before=before.get("asr", np.nan), seconds=round(seconds, 2),
+        trainable_params=trainable, overrides=overrides, method=defense.name if defense else NO_DEFENSE,
+        network=prof.network, defense_stats=as_json(stats), **identity,
+        clean_images=len(clean), clean_per_class=per_class, training_config=manifest["config"],
+        torch=torch.__version__, device=device, device_name=device_name(device), host=platform.machine(),
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), load_average_1min=round(os.getloadavg()[0], 2),
+        measured=as_json(measured))
+    return write_record(path, record)

@@ -25,18 +25,15 @@ import multiprocessing
 import os
 
 from . import settings
-from .devices import resolve_device
 from .progress import progress as progress_bar
 
 
 def _train_job(job):
-    from .cells import resolve_profile
     from .profiles import training_settings
     from .training import train_backdoored_model
-    prof = resolve_profile(job["profile"], job["model"], job["dataset"])
     train_backdoored_model(attack=job["attack"], seed=job["seed"], device=job["device"], data_root=job["data_root"],
                            cache_dir=job["cache_dir"], snapshot_every=job["snapshots"],
-                           **training_settings(prof, job["attack"]))
+                           **training_settings(job["prof"], job["attack"]))
     return job["attack"], job["seed"]
 
 
@@ -46,17 +43,17 @@ _ROW = {}  # a worker keeps the last row it prepared: consecutive cells of one m
 def _cell_job(job):
     from pathlib import Path
 
-    from .cells import prepare_row, resolve_profile, run_cell
+    from .cells import prepare_row, run_cell
     from .tables import get_table
-    prof = resolve_profile(job["profile"], job["model"], job["dataset"])
-    key = tuple(job[k] for k in ("profile", "model", "dataset", "attack", "seed", "clean_per_class", "device",
-                                 "data_root", "cache_dir", "snapshots"))  # a Ray worker outlives one run
+    prof = job["prof"]
+    key = (prof.name, prof.network, prof.dataset) + tuple(job[k] for k in (
+        "attack", "seed", "clean_per_class", "device", "data_root", "cache_dir", "snapshots"))  # a Ray worker outlives one run
     if key not in _ROW:
         _ROW.clear()
         _ROW[key] = prepare_row(prof, job["attack"], job["seed"], job["clean_per_class"], job["device"],
                                 job["data_root"], job["cache_dir"], snapshots=job["snapshots"])
     return run_cell(get_table(job["table"]), prof, job["attack"], job["defense"], job["seed"], _ROW[key],
-                     job["device"], Path(job["out"]), False, cache_dir=job["cache_dir"])
+                    job["device"], Path(job["out"]), False, cache_dir=job["cache_dir"])
 
 
 def _pin_worker(gpu_queue, threads):
@@ -68,22 +65,22 @@ def _pin_worker(gpu_queue, threads):
     torch.set_num_threads(threads)
 
 
-def _jobs(table, profile, grids, attacks, defenses, seeds, device, data_root, cache_dir, out):
+def _jobs(spec, device, data_root):
     """The model jobs, one per (network, attack, seed), and each model's cell jobs: every amount of clean
-    data of ``grids`` ((network, clean images per class) pairs) times every defense."""
-    from .cells import resolve_profile, snapshot_every
-    common = dict(profile=profile, dataset=table.dataset, device=device, data_root=data_root,
-                  cache_dir=str(settings.cache_dir(cache_dir)))
+    data of the spec's grids times every defense."""
+    from .cells import snapshot_every
+    common = dict(device=device, data_root=data_root, cache_dir=str(settings.cache_dir(spec.cache_dir)))
     # the benign model first: TrojanNN and CLB need it
-    rows = sorted([(a, s) for s in range(seeds) for a in attacks], key=lambda r: r[0] != "Benign")
+    rows = sorted([(a, s) for s in range(spec.seeds) for a in spec.attacks], key=lambda r: r[0] != "Benign")
     models, cells = {}, {}
-    for network, clean_per_class in grids:
-        snapshots = snapshot_every(table, resolve_profile(profile, network, table.dataset))
+    for network, clean_per_class in spec.grids:
+        prof = spec.recipe(network)
         for a, s in rows:
-            models[(network, a, s)] = {**common, "model": network, "attack": a, "seed": s, "snapshots": snapshots}
+            models[(network, a, s)] = {**common, "prof": prof, "model": network, "attack": a, "seed": s,
+                                       "snapshots": snapshot_every(spec.table, prof)}
             cells.setdefault((network, a, s), []).extend(
-                {**models[(network, a, s)], "clean_per_class": clean_per_class, "defense": d, "table": table.id,
-                 "out": str(out)} for d in defenses)
+                {**models[(network, a, s)], "clean_per_class": clean_per_class, "defense": d, "table": spec.table.id,
+                 "out": str(spec.output_dir)} for d in spec.defenses)
     return models, cells
 
 
@@ -91,23 +88,15 @@ def _cell_key(job):
     return job["model"], job["clean_per_class"], job["seed"], job["attack"], job["defense"]
 
 
-def run_parallel(table, profile, grids, attacks, defenses, seeds, device, data_root, cache_dir, out, workers=2,
-                 executor="local", ray_address=None, progress=True) -> list:
-    """Run the jobs of every grid (``grids``: (network, clean images per class) pairs; a network's models
-    serve all its amounts) on ``workers`` local processes or on Ray, so that the workers stay busy across
-    grids; return the cells' records in the sequential order (grid, seed, attack, defense), whatever
-    order they finished in."""
-    if executor not in ("local", "ray"):
-        raise ValueError(f"unknown executor '{executor}'; choose 'local' or 'ray'")
-    if not (isinstance(workers, int) and workers >= 1):
-        raise ValueError(f"workers must be a positive integer, not {workers!r}")
-    device = resolve_device(device)
-    data_root = str(settings.data_root(data_root))
-    models, cells = _jobs(table, profile, grids, attacks, defenses, seeds, device, data_root, cache_dir, out)
-    run = _run_ray if executor == "ray" else _run_local
-    done = run(models, cells, workers, device, ray_address, progress)
-    return [done[(network, k, s, a, d)] for network, k in grids for s in range(seeds) for a in attacks
-            for d in defenses]
+def run_parallel(spec, device, workers) -> list:
+    """Run the jobs of every grid of ``spec`` (a checked ``RunSpec``; a network's models serve all its
+    amounts) on ``workers`` local processes or on Ray, so that the workers stay busy across grids; return
+    the cells' records in the sequential order (grid, seed, attack, defense), whatever order they finished in."""
+    models, cells = _jobs(spec, device, str(settings.data_root(spec.data_root)))
+    run = _run_ray if spec.executor == "ray" else _run_local
+    done = run(models, cells, workers, device, spec.ray_address, spec.progress)
+    return [done[(network, k, s, a, d)] for network, k in spec.grids for s in range(spec.seeds) for a in spec.attacks
+            for d in spec.defenses]
 
 
 def _bar(total, enabled):

@@ -48,6 +48,17 @@ class Profile:
     threads: int = None
     description: str = ""
     dataset: str = "CIFAR-10"  # the data set of the papers' tables it stands for ("ImageNet": see IMAGENET)
+    # the profile's own network where ``resolve`` replaced ``training["model"]`` (None: not replaced); the
+    # records of another network are filed apart from those of the profile's own
+    own_model: str = None
+
+    @property
+    def network(self) -> str:
+        return self.training["model"]
+
+    @property
+    def own_network(self) -> bool:
+        return self.own_model is None or self.own_model == self.network
 
 
 PROFILES = {
@@ -186,6 +197,16 @@ def get_profile(name: str) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile '{name}'; choose one of {sorted(PROFILES)}")
     return PROFILES[name]
+
+
+def resolve(name: str, dataset: str = "CIFAR-10", model: str = None) -> Profile:
+    """The profile ``name`` as it stands for ``dataset`` (a table's: "CIFAR-10" or "ImageNet"), its network
+    replaced by ``model`` when one is given: the one place a profile's name becomes a :class:`Profile`
+    (a table run does it once, in ``spec.RunSpec.build``)."""
+    prof = for_dataset(get_profile(name), dataset)
+    if model is None:
+        return prof
+    return dataclasses.replace(prof, training={**prof.training, "model": model}, own_model=prof.training["model"])
 
 
 def for_dataset(profile: Profile, dataset: str) -> Profile:

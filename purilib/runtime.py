@@ -7,7 +7,6 @@ defense's seconds over the attacks it ran on, beside the paper's RTX 3090 second
 over the 14 CIFAR-10 attacks).  Nothing is run here: a defense without records has no bar.
 """
 import csv
-import json
 from importlib import resources
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import settings
+from .records import read_record, weights
 from .tables import TABLES, get_table
 
 
@@ -28,15 +28,15 @@ def collect(profile: str, results_dir=None) -> pd.DataFrame:
         table = path.parts[-4]
         if table in TABLES and get_table(table).dataset != "CIFAR-10":
             continue  # the paper's seconds are CIFAR-10's: ImageNet runtimes are not comparable
-        record = json.loads(path.read_text())
+        record = read_record(path)
         if not record.get("device_name"):
             continue  # made before records named their hardware: a runtime on unknown hardware says nothing
-        if record.get("seconds", 0) > 0 and record.get("method", record.get("defense")) != "No defense":
+        if record.get("seconds", 0) > 0 and record["method"] != "No defense":
             rows.append({"table": path.parts[-4], "attack": record["attack"], "defense": record["defense"],
-                         "method": record.get("method", record["defense"]), "seed": record["seed"],
+                         "method": record["method"], "seed": record["seed"],
                          "seconds": record["seconds"], "device_name": record.get("device_name", "?"),
                          "load_average_1min": record.get("load_average_1min", np.nan),
-                         "weights": record.get("weights_digest") or record.get("model_key"),
+                         "weights": weights(record),
                          "format": record.get("training_config", {}).get("format", 0),
                          "finished": record.get("finished", "")})
     frame = pd.DataFrame(rows)
@@ -103,16 +103,21 @@ def plot(table: pd.DataFrame, profile: str):
     return fig
 
 
-def write_outputs(profile: str, output_dir=None, results_dir=None):
-    """table.csv, table.md and runtime.png for ``profile``; returns (table, figure)."""
-    from .experiment import output_dir_for
-    out = output_dir_for("fip-figure4", profile, output_dir)
+def write(spec):
+    """table.csv, table.md and runtime.png of ``spec`` (a checked RunSpec of table "fip-figure4"), from the
+    records in the sibling folders of its output folder; returns a ``reports.Report``."""
+    import matplotlib.pyplot as plt
+
+    from .reports import Report
+    out, profile = spec.output_dir, spec.profile.name
     out.mkdir(parents=True, exist_ok=True)
-    table = average(collect(profile, results_dir or out.parent.parent), get_table("fip-figure4").defenses)
+    table = average(collect(profile, out.parent.parent), spec.table.defenses)
     table.round(2).to_csv(out / "table.csv", index=False)
-    (out / "table.md").write_text(markdown(table, profile))
+    text = markdown(table, profile)
+    (out / "table.md").write_text(text)
     figure = plot(table, profile)
     figure.savefig(out / "runtime.png", dpi=120)
-    import matplotlib.pyplot as plt
     plt.close(figure)
-    return table, figure
+    outline = (", ".join(table["defense"]) + " | seconds positive where measured: "
+               + str(bool((table["seconds"].dropna() > 0).all())))
+    return Report(table, figure, [text], outline, ["table.csv", "table.md", "runtime.png"])

@@ -1,16 +1,18 @@
 """A table run, checked once: :class:`RunSpec`.
 
-Every way into a run (``./reproduce.sh`` through ``cli check``, a notebook through ``run_table``, the GPU
-campaign) builds one ``RunSpec``; ``RunSpec.build`` is the one place a request is validated, each refusal
-one line naming the fix.  The spec holds the table, the profile resolved for the table's data set, the
-grids (network x amount of clean data), the rows, columns and seeds, and where the run reads and writes.
+Every way into a run (``purilib run`` / ``./reproduce.sh`` before the kernel starts, a notebook from its
+parameters cell with ``RunSpec.from_parameters``, the GPU campaign) builds one ``RunSpec``; ``RunSpec.build``
+is the one place a request is validated, each refusal one line naming the fix, and where the profile's name
+becomes a ``Profile`` (``profiles.resolve``: once for the table's data set, once per other network).  The
+spec holds the table, the resolved profile and each network's recipe, the grids (network x amount of clean
+data), the rows, columns and seeds, and where the run reads and writes; it is passed down whole.
 """
 import dataclasses
 import difflib
 from pathlib import Path
 
 from . import settings
-from .profiles import Profile, for_dataset, get_profile, image_size, reserved_per_class
+from .profiles import Profile, image_size, reserved_per_class, resolve
 from .tables import Table, get_table
 
 EXECUTORS = ("local", "ray")
@@ -68,6 +70,11 @@ class RunSpec:
     ray_address: str = None
     from_records: bool = False
     progress: bool = True
+    recipes: dict = None        # network -> the profile with it as every model's network (None: the profile's)
+
+    def recipe(self, network) -> Profile:
+        """The profile the models of ``network`` (a grid's; None: the profile's own) are trained and recorded with."""
+        return self.recipes[network]
 
     @property
     def networks(self):
@@ -83,10 +90,9 @@ class RunSpec:
               executor="local", ray_address=None, from_records=False, progress=True, log=print) -> "RunSpec":
         """The request checked: names, amounts, networks, seeds, workers, executor (each refusal one line)."""
         table = get_table(table_id)
-        base = get_profile(profile)
-        prof = for_dataset(base, table.dataset)  # a profile without the table's data set's recipe says so
-        if base.name not in table.profiles:
-            raise ValueError(f"table {table.id} has no profile '{base.name}' (it has: {', '.join(table.profiles)})")
+        prof = resolve(profile, table.dataset)  # a profile without the table's data set's recipe says so
+        if prof.name not in table.profiles:
+            raise ValueError(f"table {table.id} has no profile '{prof.name}' (it has: {', '.join(table.profiles)})")
         attacks = tuple(attacks or table.rows(prof.name))
         defenses = tuple(defenses or table.defenses)
         _refuse_unknown(attacks, table.attacks, "row (attack)", table)
@@ -114,8 +120,8 @@ class RunSpec:
         for network in networks:
             if network is not None:
                 check_model(network, table, image_size(prof))
-        if workers != "auto":
-            _positive(workers, "workers")
+        if workers != "auto" and not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1):
+            raise ValueError(f"workers must be a positive integer or 'auto', not {workers!r}")
         if executor not in EXECUTORS:
             close = difflib.get_close_matches(executor, EXECUTORS, n=1)
             raise ValueError(f"unknown executor '{executor}'" + (f"; did you mean '{close[0]}'?" if close else "")
@@ -124,4 +130,13 @@ class RunSpec:
         return cls(table=table, profile=prof, grids=tuple((n, k) for n in networks for k in amounts),
                    attacks=attacks, defenses=defenses, seeds=seeds, output_dir=out, device=device,
                    data_root=data_root, cache_dir=cache_dir, workers=workers, executor=executor,
-                   ray_address=ray_address, from_records=from_records, progress=progress)
+                   ray_address=ray_address, from_records=from_records, progress=progress,
+                   recipes={n: prof if n is None else resolve(profile, table.dataset, n) for n in networks})
+
+    @classmethod
+    def from_parameters(cls, table_id, namespace: dict) -> "RunSpec":
+        """The spec of a notebook's run: ``build`` with the keywords its parameters cell (papermill's) defines,
+        ``RunSpec.from_parameters(TABLE, globals())``."""
+        import inspect
+        names = set(inspect.signature(cls.build).parameters) - {"cls", "table_id", "log"}
+        return cls.build(table_id, **{name: namespace[name] for name in names if name in namespace})

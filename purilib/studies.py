@@ -1,7 +1,7 @@
 """The NFT study (table ``nft-study``): what NFT's masks did in each variation, and what the study finds.
 
 The grid itself is an ordinary table (``tables.NFT_STUDY_VARIANTS``: each column is NFT at other
-settings), run by ``experiment.run_table``; each record keeps the masks' statistics NFT reports
+settings), run by ``experiment.run``; ``reports`` writes its files (the study's report); each record keeps the masks' statistics NFT reports
 (``defense_stats``).  Here: those statistics as a table, and the findings in plain words, computed
 from the numbers (nothing in them is written by hand).
 """
@@ -57,21 +57,6 @@ def findings(masks: pd.DataFrame) -> str:
         text.append(f"Lowest ASR: {best}, ASR {group.loc[best, 'asr']:.1f} at ACC {group.loc[best, 'acc']:.1f}.")
         lines.append(" ".join(text))
     return "\n\n".join(lines)
-
-
-def write_outputs(records: pd.DataFrame, profile: str, output_dir=None):
-    """The table's files (``experiment.write_outputs``), ``masks.csv``, and the findings appended to
-    ``table.md``; returns (summary, masks, findings text, figure)."""
-    from . import experiment
-    summary, figure = experiment.write_outputs(records, "nft-study", profile, output_dir)
-    out = experiment.output_dir_for("nft-study", profile, output_dir)
-    masks = mask_table(records)
-    masks.round(3).to_csv(out / "masks.csv", index=False)
-    text = findings(masks)
-    with open(out / "table.md", "a") as f:
-        f.write(f"\n## What the study finds ({profile} profile)\n\n{text}\n\n## What the masks did\n\n"
-                f"{mask_markdown(masks)}")
-    return summary, masks, text, figure
 
 
 def mask_markdown(masks: pd.DataFrame) -> str:

@@ -33,6 +33,8 @@ class Table:
     # a paper table gives a method the data its authors' code gives it
     clean_sources: dict = None
     description: str = ""  # one line for --list
+    # what its run writes beyond the grid: a name in reports.REPORTS and that report's arguments
+    report: tuple = ("grid",)
 
     def rows(self, profile: str) -> tuple:
         """The rows a run on ``profile`` takes when it names none."""
@@ -80,7 +82,8 @@ TABLES = {
         attacks=ATTACK_ROWS,
         defenses=("No defense",) + SEED_DEFENSES + BASELINES,
         reference_files=("nft_table1.csv", "fip_table6.csv"),
-        description="all 12 defenses side by side: effectiveness, cost and wall time"),
+        description="all 12 defenses side by side: effectiveness, cost and wall time",
+        report=("grid", "NFT")),
 }
 
 # NFT Table 1's ImageNet half: its rows and columns as the paper prints them
@@ -115,7 +118,8 @@ TABLES["nft-study"] = Table(
           "steps, MixUp, regulariser, clamp)",
     notebook="nft_study.ipynb", attacks=("BadNets", "Blend"), defenses=("No defense",) + tuple(NFT_STUDY_VARIANTS),
     reference_files=(), variants=NFT_STUDY_VARIANTS,
-    description="does any setting of NFT's own ingredients remove BadNets / Blend, and at what ACC cost?")
+    description="does any setting of NFT's own ingredients remove BadNets / Blend, and at what ACC cost?",
+    report=("study",))
 
 TABLES["fip-table6"] = Table(
     id="fip-table6", paper="FIP (CCS 2024)",
@@ -124,7 +128,8 @@ TABLES["fip-table6"] = Table(
     notebook="fip_table6.ipynb", attacks=("BadNets", "Blend", "Troj-one", "Dyn-one", "CLB", "SIG", "LIRA", "ISSBA"),
     defenses=("No defense", "ANP", "FIP"), reference_files=("fip_table6.csv",), measures=("sharpness",),
     default_rows={"smoke": ("BadNets", "Blend")},
-    description="is a backdoored model's loss sharper, and does purification flatten it?")
+    description="is a backdoored model's loss sharper, and does purification flatten it?",
+    report=("sharpness",))
 
 TABLES["fip-figure3"] = Table(
     id="fip-figure3", paper="FIP (CCS 2024)",
@@ -132,7 +137,8 @@ TABLES["fip-figure3"] = Table(
     notebook="fip_figure3.ipynb", attacks=("BadNets", "Troj-one", "CLB", "SIG"), defenses=("FIP",),
     default_rows={"smoke": ("BadNets", "Troj-one")},
     reference_files=(), measures=("trajectory",),
-    description="does the loss flatten as the backdoor goes? (the paper's curves are not available as numbers)")
+    description="does the loss flatten as the backdoor goes? (the paper's curves are not available as numbers)",
+    report=("trajectory",))
 
 TABLES["fip-figure4"] = Table(
     id="fip-figure4", paper="FIP (CCS 2024)",
@@ -148,14 +154,16 @@ TABLES["fip-figure1"] = Table(
     notebook="fip_figure1.ipynb", attacks=("Benign", "BadNets", "Troj-one", "CLB", "SIG"), defenses=("No defense",),
     default_rows={"smoke": ("Benign", "Troj-one")},
     reference_files=("fip_figure1_spectra.csv",), measures=("spectrum", "history"),
-    description="is a backdoored model's loss sharper than a benign one's, and since when in training?")
+    description="is a backdoored model's loss sharper than a benign one's, and since when in training?",
+    report=("spectra",))
 
 TABLES["fip-figure5"] = Table(
     id="fip-figure5", paper="FIP (CCS 2024)",
     title="Figure 5: t-SNE of a BadNets PreAct-ResNet-18's features before and after FIP (CIFAR-10)",
     notebook="fip_figure5.ipynb", attacks=("BadNets",), defenses=("No defense", "FIP"), reference_files=(),
     measures=("features",),
-    description="do the poisoned images leave their own cluster after FIP? (t-SNE, and a neighbour score)")
+    description="do the poisoned images leave their own cluster after FIP? (t-SNE, and a neighbour score)",
+    report=("tsne", "FIP Figure 5: BadNets"))
 
 NFT_FIGURE1_VARIANTS = {"one-shot NFT without the regulariser": ("NFT", {"mask_reg": 0.0}),
                         "one-shot NFT": ("NFT", {})}
@@ -165,7 +173,8 @@ TABLES["nft-figure1"] = Table(
           "NFT without and with the mask regulariser (CIFAR-10, BadNets)",
     notebook="nft_figure1.ipynb", attacks=("BadNets",), defenses=("No defense",) + tuple(NFT_FIGURE1_VARIANTS),
     reference_files=(), variants=NFT_FIGURE1_VARIANTS, measures=("features",), clean_per_class=1,
-    description="one clean image per class: does NFT scatter the poisoned cluster, and what does its regulariser do?")
+    description="one clean image per class: does NFT scatter the poisoned cluster, and what does its regulariser do?",
+    report=("tsne", "NFT Figure 1: BadNets, one-shot"))
 
 TABLES["awm-table1"] = Table(
     id="awm-table1", paper="AWM (NeurIPS 2022)",
@@ -174,7 +183,8 @@ TABLES["awm-table1"] = Table(
     notebook="awm_table1.ipynb", attacks=("BadNets", "Blend"),
     defenses=("No defense", "FT", "ANP", "I-BAU", "AWM"), reference_files=(),
     clean_amounts=(500, 100, 50, 10, 1), models=("resnet18", "vgg16_bn"), default_rows={"smoke": ("BadNets",)},
-    description="how little clean data does each defense need? (500 to 1 image per class, two networks)")
+    description="how little clean data does each defense need? (500 to 1 image per class, two networks)",
+    report=("amounts",))
 
 # the published tables call "No defense" 'none'
 _REFERENCE_NAMES = {"none": "No defense"}

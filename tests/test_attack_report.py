@@ -4,13 +4,13 @@ import torch
 
 from purilib import attack_report
 from purilib.data import ImageSet
-from purilib.profiles import get_profile
+from purilib.profiles import get_profile, resolve
 
 matplotlib.use("Agg")
 
 
 def test_attack_table_reports_each_model_against_the_benign_one():
-    table = attack_report.run_attack_table("smoke", attacks=["Benign", "Blend"], device="cpu")
+    table = attack_report.run_attack_table(resolve("smoke"), attacks=["Benign", "Blend"], device="cpu")
     assert list(table["attack"]) == ["Benign", "Blend"]
     benign, blend = table.iloc[0], table.iloc[1]
     assert benign.acc_drop_vs_benign == 0 and blend.acc_drop_vs_benign == round(benign.acc - blend.acc, 2)
@@ -19,7 +19,7 @@ def test_attack_table_reports_each_model_against_the_benign_one():
 
 
 def test_gallery_has_three_rows_per_attack():
-    figure = attack_report.gallery(["Benign", "BadNets", "Blend"], "smoke", device="cpu")
+    figure = attack_report.gallery(["Benign", "BadNets", "Blend"], resolve("smoke"), device="cpu")
     assert len(figure.axes) == 6
     # the BadNets difference image is non-zero only in the bottom-right patch (the smoke profile's size)
     size = get_profile("smoke").attack_overrides["BadNets"]["size"]

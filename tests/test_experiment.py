@@ -3,12 +3,14 @@ import math
 import pandas as pd
 import pytest
 
-from purilib.experiment import run_table, summarize, table_outline, to_markdown
+from purilib.experiment import run_table
+from purilib.reports import summarize, table_outline, to_markdown
 
 
 def record(attack, defense, seed, acc, asr):
     return {"attack": attack, "defense": defense, "seed": seed, "acc": acc, "asr": asr, "ra": 100 - asr,
-            "der": 0.5, "seconds": 1.0, "trainable_params": 10, "clean_images": 500}
+            "der": 0.5, "seconds": 1.0, "trainable_params": 10, "clean_images": 500, "clean_per_class": 50,
+            "network": "preact_resnet18"}
 
 
 def test_summary_is_mean_and_std_over_seeds_beside_the_paper():
@@ -95,7 +97,7 @@ def test_a_record_made_from_other_weights_is_not_reused(tmp_path, capsys):
 
 
 def test_a_partial_run_merges_into_the_table_and_rows_never_mix_models():
-    from purilib.experiment import merge_records
+    from purilib.records import merge_records
     earlier = pd.DataFrame([
         {**record("BadNets", "No defense", 0, 90.0, 100.0), "weights_digest": "old", "finished": "1"},
         {**record("BadNets", "NFT", 0, 89.0, 2.0), "weights_digest": "old", "finished": "1"},
@@ -108,7 +110,7 @@ def test_a_partial_run_merges_into_the_table_and_rows_never_mix_models():
 
 
 def test_average_drop_beside_the_papers_printed_and_recomputed_rows():
-    from purilib.experiment import average_drop
+    from purilib.reports import average_drop
     records = pd.DataFrame([record("BadNets", "No defense", 0, 90.0, 100.0), record("BadNets", "ANP", 0, 80.0, 10.0),
                             record("Blend", "No defense", 0, 92.0, 100.0), record("Blend", "ANP", 0, 86.0, 30.0)])
     drop = average_drop(summarize(records, "nft-table1"), "nft-table1").set_index("defense").loc["ANP"]
@@ -125,8 +127,9 @@ def test_a_table_over_networks_and_clean_amounts_runs_what_the_profile_reserves(
         run_table("awm-table1", from_records=True, output_dir=tmp_path, attacks=["BadNets"], defenses=["AWM"])
     assert "[500, 100, 50] clean images per class left out" in capsys.readouterr().out
     assert "4 cells cannot be tabulated" in str(error.value)  # 2 networks x (10, 1) per class
-    from purilib.cells import record_path, resolve_profile
-    paths = {record_path(tmp_path, resolve_profile("smoke", net), "BadNets", "AWM", 0, 1)
+    from purilib.cells import record_path
+    from purilib.profiles import resolve
+    paths = {record_path(tmp_path, resolve("smoke", model=net), "BadNets", "AWM", 0, 1)
              for net in ("preact_resnet18", "resnet18", "vgg16_bn")}
     assert len(paths) == 3 and any(p.name == "BadNets__AWM__seed0__1per_class.json" for p in paths)
 
@@ -145,12 +148,13 @@ def test_rows_of_different_networks_are_kept_apart():
 
 def test_workers_auto_is_one_per_core_where_the_profile_fixes_the_threads(monkeypatch):
     from purilib import experiment
-    from purilib.profiles import get_profile
+    from purilib.spec import RunSpec
     monkeypatch.setattr(experiment, "cpu_cores", lambda: 2)
-    assert experiment.resolve_workers("auto", get_profile("smoke"), "cpu", rows=15) == 2
-    assert experiment.resolve_workers("auto", get_profile("smoke"), "cpu", rows=1) == 1
-    assert experiment.resolve_workers("auto", get_profile("cpu"), "cpu", rows=15) == 1
-    assert experiment.resolve_workers("auto", get_profile("smoke"), "cuda", rows=15) == 1
-    assert experiment.resolve_workers(3, get_profile("cpu"), "cpu", rows=15) == 3
+    smoke, one_row = RunSpec.build("nft-table1", "smoke"), RunSpec.build("nft-table1", "smoke", attacks=["BadNets"])
+    assert experiment.resolve_workers(smoke, "cpu") == 2  # 15 models, one thread each, two cores
+    assert experiment.resolve_workers(one_row, "cpu") == 1
+    assert experiment.resolve_workers(RunSpec.build("nft-table1", "cpu"), "cpu") == 1  # the cpu profile fixes none
+    assert experiment.resolve_workers(smoke, "cuda") == 1
+    assert experiment.resolve_workers(RunSpec.build("nft-table1", "cpu", workers=3), "cpu") == 3
     with pytest.raises(ValueError, match="workers"):
-        experiment.resolve_workers(0, get_profile("cpu"), "cpu", rows=15)
+        RunSpec.build("nft-table1", "cpu", workers=0)

@@ -80,14 +80,16 @@ def test_synthetic_images_at_another_size_are_the_same_images_upsampled():
 def test_the_imagenet_half_runs_on_smoke_with_resnet50_at_64_pixels(tmp_path):
     """The smoke rows of nft-table1-imagenet end to end, two of its columns: ResNet-50 trained on 64x64
     images, a patch and a warp at 64x64, purified, beside the paper's ImageNet cells."""
-    from purilib.experiment import run_table, summarize
+    from purilib.experiment import run_table
+    from purilib.profiles import resolve
+    from purilib.reports import summarize
     # the run-wide model cache (conftest.py): the notebook's run of the same table finds these models trained
     records = run_table("nft-table1-imagenet", profile="smoke", attacks=["BadNets", "WaNet"],
                         defenses=["No defense", "NFT"], output_dir=tmp_path / "out", progress=False, workers=1)
     assert len(records) == 4 and set(records["network"]) == {"resnet50"}
     assert {r["dataset_kwargs"]["size"] for r in records["training_config"]} == {64}
     assert {r["attack_config"]["image_size"] for r in records["training_config"]} == {64}
-    summary = summarize(records, "nft-table1-imagenet").set_index(["attack", "defense"])
+    summary = summarize(records, "nft-table1-imagenet", resolve("smoke", "ImageNet").clean_per_class).set_index(["attack", "defense"])
     assert summary.loc[("WaNet", "NFT"), "paper_source"] == "NFT Table 1"
     assert summary.loc[("BadNets", "No defense"), "paper_acc"] == pytest.approx(74.53)  # ImageNet's, not CIFAR's
     assert summary["acc"].between(0, 100).all()
@@ -95,9 +97,9 @@ def test_the_imagenet_half_runs_on_smoke_with_resnet50_at_64_pixels(tmp_path):
 
 def test_the_imagenet_recipes_scale_the_defenses_perturbation_budgets_with_the_image():
     """AWM's L1 radius with the pixels, I-BAU's L2 radius with their square root; the smoke budget kept."""
-    from purilib.cells import resolve_profile
+    from purilib.profiles import resolve
     from purilib.profiles import defense_overrides
-    gpu, smoke = resolve_profile("gpu", dataset="ImageNet"), resolve_profile("smoke", dataset="ImageNet")
+    gpu, smoke = resolve("gpu", "ImageNet"), resolve("smoke", "ImageNet")
     assert defense_overrides(gpu, "AWM")["trigger_norm"] == 1000 * 49 and defense_overrides(gpu, "I-BAU")["norm_bound"] == 70
     assert defense_overrides(smoke, "I-BAU") == {"steps": 5, "batch_size": 32, "rounds": 2, "K": 2,
                                                  "norm_bound": 20.0}

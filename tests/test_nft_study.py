@@ -7,7 +7,8 @@ import torch
 
 from purilib.defenses import create_defense, purify
 from purilib.defenses.nft import block_batchnorms
-from purilib.experiment import record_path, run_table
+from purilib.cells import record_path
+from purilib.experiment import run_table
 from purilib.layers import batchnorms
 from purilib.models import create_model
 from purilib.profiles import get_profile

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from purilib.data import CLEAN_SOURCES, clean_pool, clean_subset, create_dataset, defense_split
-from purilib.experiment import run_table, summarize
+from purilib.experiment import run_table
+from purilib.reports import sharpness_markdown, summarize
 from purilib.hessian import authors_batch, hessian_trace, sharpness
 from purilib.reports.protocols import checkpoints_markdown, protocol_markdown, rnp_markdown
+from purilib.profiles import get_profile
 from purilib.tables import get_table
 
 
@@ -106,11 +108,10 @@ def test_rnp_logs_its_unlearning_and_what_each_threshold_would_prune(smoke_runs)
 
 
 def test_nft_records_its_checkpoints_at_the_released_cadence(smoke_runs, tmp_path):
-    from purilib.cells import resolve_profile
     from purilib.defenses import create_defense
     _, table1, _ = smoke_runs
     nft = table1[table1.defense == "NFT"].iloc[0]
-    steps = resolve_profile("smoke").defense_overrides["*"]["steps"]  # smoke runs 10 steps: no checkpoint
+    steps = get_profile("smoke").defense_overrides["*"]["steps"]  # smoke runs 10 steps: no checkpoint
     assert create_defense("NFT").checkpoint_every == 200 and steps < 200
     assert "checkpoints" not in nft["defense_stats"]
     # at 400 steps (few images, so quickly), two checkpoints, and they leave the run as it was
@@ -146,7 +147,6 @@ def test_fip_table6_measures_both_sharpness_protocols_and_prints_the_ratios(smok
         assert "training images" in r["sharpness"]["authors"]["hessian_data"]
     summary = summarize(table6, "fip-table6")
     assert {"lambda_max_authors", "lambda_max_held-out"} <= set(summary)
-    from purilib.experiment import sharpness_markdown
     text = sharpness_markdown(summary, "t", "smoke")
     assert "λmax authors | λmax held-out | λmax paper" in text and "## Flattening" in text
     assert "| BadNets | ANP |" in text.split("## Flattening")[1]

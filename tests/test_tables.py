@@ -38,7 +38,7 @@ def _record(folder, attack, defense, seconds, method=None, digest="w", finished=
     folder.mkdir(parents=True, exist_ok=True)
     record = {"attack": attack, "defense": defense, "seed": 0, "seconds": seconds, "device_name": hardware,
               "load_average_1min": 2.0, "weights_digest": digest, "finished": finished,
-              "method": method or defense, "training_config": {"format": 5}}
+              "method": method or defense, "training_config": {"format": 5}, "clean_images": 500}
     (folder / f"{attack}__{defense}.json").write_text(json.dumps(record))
 
 
@@ -82,7 +82,7 @@ def test_notebooks_embed_a_small_palette_copy_of_the_figure():
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from purilib.experiment import compact_png
+    from purilib.reports import compact_png
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.imshow([[i * j for i in range(40)] for j in range(40)], cmap="Reds")
     plain = io.BytesIO()
