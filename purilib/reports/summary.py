@@ -38,7 +38,8 @@ def summarize(records: pd.DataFrame, table_id: str, papers_amount=PAPER_CLEAN_PE
             if metric in group:
                 values = group[metric].astype(float)
                 row[metric], row[f"{metric}_std"] = values.mean(), values.std(ddof=1) if len(group) > 1 else np.nan
-        if "lambda_max" in group:  # each protocol's (hessian.SHARPNESS_PROTOCOLS), mean over seeds
+        if "sharpness" in group:  # each protocol's (hessian.SHARPNESS_PROTOCOLS), mean over seeds; a spectrum's
+            # lambda_max (FIP Figure 1) is no protocol's sharpness measurement
             for protocol in SHARPNESS_PROTOCOLS:
                 for metric in ("lambda_max", "trace"):
                     values = [m[protocol][metric] for m in group["sharpness"] if isinstance(m, dict) and protocol in m]
