@@ -21,7 +21,6 @@ class Report:
     sections: list              # Markdown shown in the notebook
     outline: str                # what nbval compares
     files: list                 # the names written into the output folder
-    extra: dict = dataclasses.field(default_factory=dict)  # a report's own tables (masks, points, ...)
     colors: int = 32            # of the notebook's copy of the figure (a gallery of images needs more)
 
     def show(self):
@@ -84,7 +83,7 @@ def _spectra(records, summary, spec, heat_map):
     outline = ("; ".join(f"{a}: {len(g)} epochs" for a, g in history.groupby("attack", sort=False))
                + " | values valid: "
                + str(bool(history["acc"].between(0, 100).all() and (records["trace"].abs() >= 0).all())))
-    return Report(summary, figure, [text], outline, ["history.csv", "spectra.png"], {"history": history})
+    return Report(summary, figure, [text], outline, ["history.csv", "spectra.png"])
 
 
 def _trajectory(records, summary, spec, heat_map):
@@ -97,8 +96,7 @@ def _trajectory(records, summary, spec, heat_map):
     outline = ("; ".join(f"{a}: {len(g)} points" for a, g in points.groupby("attack", sort=False))
                + " | values valid: "
                + str(bool(points["acc"].between(0, 100).all() and (points["lambda_max"].abs() >= 0).all())))
-    return Report(summary, figure, [trajectory.markdown(points)], outline, ["trajectory.csv", "trajectory.png"],
-                  {"points": points})
+    return Report(summary, figure, [trajectory.markdown(points)], outline, ["trajectory.csv", "trajectory.png"])
 
 
 def _tsne(title):
@@ -125,8 +123,7 @@ def _study(records, summary, spec, heat_map):
     findings = studies.findings(masks)
     _append(spec.output_dir, f"What the study finds ({spec.profile.name} profile)",
             f"{findings}\n\n## What the masks did\n\n{studies.mask_markdown(masks)}")
-    return Report(summary, heat_map, [findings, studies.mask_markdown(masks)], table_outline(summary), ["masks.csv"],
-                  {"masks": masks, "findings": findings})
+    return Report(summary, heat_map, [findings, studies.mask_markdown(masks)], table_outline(summary), ["masks.csv"])
 
 
 # name -> a function of the report's arguments (``Table.report[1:]``) that returns the report
