@@ -12,7 +12,7 @@
 2. Each defense's wall seconds on one (untrained) model with ``--defense-steps`` steps, with
    ``fast=False`` (the defense reads a number back from the device every step and draws its
    batches on the CPU, as the loops did before the shared primitives) and ``fast=True``; for the
-   loops that can (NFT, FT, FT-SAM, FP), also ``compile=True`` (``Defense.compiled``; on a GPU, or with
+   loops that can (NFT, FT, FT-SAM, FP, ANP, AWM), also ``compile=True`` (``Defense.compiled``; on a GPU, or with
    ``--compile-on-cpu``).
 
 Prints one JSON line per measurement (and appends it to ``--out``), each with the ratio
@@ -33,7 +33,7 @@ from purilib.devices import device_name, resolve_device
 from purilib.models import create_model
 from purilib.training import DEFAULT_TRAINING, fit
 
-COMPILED = ("NFT", "FT", "FT-SAM", "FP")  # the loops that call Defense.compiled
+COMPILED = ("NFT", "FT", "FT-SAM", "FP", "ANP", "AWM")  # the loops that call Defense.compiled
 
 
 def timed(device, run):

@@ -109,7 +109,8 @@ def test_a_callback_sees_every_step(model_and_clean, name):
     assert [s for s, _ in seen] == list(range(4))
 
 
-@pytest.mark.parametrize("name", ["NFT", "FT-SAM"])  # masks through parametrize; BN statistics frozen by module
+@pytest.mark.parametrize("name", ["NFT", "FT-SAM", "ANP", "AWM"])  # masks through parametrize, BN statistics
+# frozen by module, the perturbation switch (ANP), eval mode and a perturbation input (AWM)
 def test_a_compiled_loop_captures_the_same_step(name, model_and_clean, capsys):
     """compile="eager": torch.compile's graph capture without code generation (quick on a CPU) runs the
     same operations, so the purified weights equal the plain loop's; compile=False is the default."""

@@ -67,10 +67,11 @@ def attach_neuron_masks(model, noisy=True):
 
 
 def noise_ascent_step(noises, grads, eps, step_size):
-    """One signed-gradient ascent step on the neuron noise, projected back to [-eps, eps]."""
+    """One signed-gradient ascent step on the neuron noise, projected back to [-eps, eps] (``_foreach_``
+    operations: a few launches for all the layers)."""
     with torch.no_grad():
-        for noise, grad in zip(noises, grads):
-            noise.add_(step_size * grad.sign()).clamp_(-eps, eps)
+        torch._foreach_add_(noises, torch._foreach_sign(list(grads)), alpha=step_size)
+        clamp_(noises, -eps, eps)
 
 
 def select_neurons(masks: dict, pruning_by: str, value: float) -> list:
@@ -120,6 +121,7 @@ class ANP(Defense):
         self.stats["trainable_params"] = sum(m.numel() for m in mask_params)
         optimizer = torch.optim.SGD(mask_params, lr=c["lr"], momentum=c["momentum"])
         work.train()
+        network = self.compiled(work)  # one graph per value of the perturbation switch
         batches = self.batches(clean, c["batch_size"], c["steps"])
         for _, (x, y) in self.steps(batches, c["steps"], model=work):
             if eps > 0:  # inner max: random start in the eps-box, then signed-gradient ascent
@@ -129,15 +131,15 @@ class ANP(Defense):
                 switch["perturbed"] = True
                 for _ in range(c["anp_steps"]):
                     with self.autocast():
-                        loss = F.cross_entropy(work(x), y)
+                        loss = F.cross_entropy(network(x), y)
                     noise_ascent_step(noises, torch.autograd.grad(loss, noises), eps, step_size)
                 with self.autocast():
-                    loss_robust = F.cross_entropy(work(x), y)
+                    loss_robust = F.cross_entropy(network(x), y)
             else:
                 loss_robust = 0.0
             switch["perturbed"] = False
             with self.autocast():
-                loss_natural = F.cross_entropy(work(x), y)
+                loss_natural = F.cross_entropy(network(x), y)
             loss = alpha * loss_natural + (1 - alpha) * loss_robust
             optimizer.zero_grad(set_to_none=True)
             loss.backward(inputs=mask_params)

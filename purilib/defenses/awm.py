@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import attach_masks, clamp_, fold_masks, frozen
+from ..layers import attach_masks, clamp_, fold_masks, frozen, mask_l1
 from .base import Defense
 
 DEFAULTS = {"steps": 300, "batch_size": 128, "inner_steps": 15, "lr": 0.01, "lr_decay": 0.9, "alpha": 0.9,
@@ -74,6 +74,7 @@ class AWM(Defense):
             self.stats["trainable_params"] = sum(m.numel() for m in masks)
             optimizer = torch.optim.Adam(masks, lr=c["lr"])
             model.eval()  # as the released code: BN uses and keeps its running statistics
+            network = self.compiled(model)
             # per round: `inner` batches for the perturbation, then `inner` for the masks
             batches = self.batches(clean, c["batch_size"], 2 * c["steps"])
             bar = self.steps(range(c["steps"]), c["steps"], model=model)
@@ -85,9 +86,9 @@ class AWM(Defense):
                 for _ in range(n):  # gradient ascent on the masked model's loss w.r.t. its own predictions
                     x, _ = next(batches)
                     with torch.no_grad(), self.autocast():
-                        predicted = model(x).argmax(1)
+                        predicted = network(x).argmax(1)
                     with self.autocast():
-                        loss = F.cross_entropy(model(x + delta).float(), predicted)
+                        loss = F.cross_entropy(network(x + delta).float(), predicted)
                     (grad,) = torch.autograd.grad(loss, delta)
                     with torch.no_grad():
                         delta += c["perturbation_lr"] * grad
@@ -97,10 +98,10 @@ class AWM(Defense):
                 for _ in range(n):
                     x, y = next(batches)
                     with self.autocast():  # eval-mode BN: one forward of clean + perturbed = two forwards
-                        out = model(torch.cat([x, (x + delta).clamp(0, 1)])).float()
+                        out = network(torch.cat([x, (x + delta).clamp(0, 1)])).float()
                     loss = (c["alpha"] * F.cross_entropy(out[:len(y)], y)
                             + (1 - c["alpha"]) * F.cross_entropy(out[len(y):], y)
-                            + c["gamma"] * sum(m.abs().sum() for m in masks))
+                            + c["gamma"] * mask_l1(masks))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()

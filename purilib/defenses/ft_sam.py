@@ -43,10 +43,17 @@ def smooth_cross_entropy(logits, labels, smoothing):
 
 @torch.no_grad()
 def ascent_perturbation(params, rho, adaptive):
-    """e(w) from the gradients in p.grad: rho * T^2 g / ||T g|| with T = |w| (adaptive) or 1, so ||T^-1 e|| = rho."""
-    scaled = [(p.abs() if adaptive else 1.0) * p.grad for p in params]
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s) for s in scaled]))
-    return [rho * (p.abs() if adaptive else 1.0) * s / (norm + 1e-12) for p, s in zip(params, scaled)]
+    """e(w) from the gradients in p.grad: rho * T^2 g / ||T g|| with T = |w| (adaptive) or 1, so ||T^-1 e|| = rho.
+    In ``_foreach_`` operations (a few launches for all the parameters, not a few per parameter)."""
+    grads = [p.grad for p in params]
+    magnitudes = torch._foreach_abs(params) if adaptive else None
+    scaled = torch._foreach_mul(magnitudes, grads) if adaptive else grads
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled)))
+    e = torch._foreach_mul(magnitudes, rho) if adaptive else torch._foreach_mul(scaled, rho)
+    if adaptive:
+        torch._foreach_mul_(e, scaled)
+    torch._foreach_div_(e, norm + 1e-12)
+    return e
 
 
 @contextlib.contextmanager
@@ -72,16 +79,15 @@ def sam_step(model, params, optimizer, loss_fn, rho, adaptive, autocast=None):
     loss.backward()
     with torch.no_grad():
         e = ascent_perturbation(params, rho, adaptive)
-        w = [p.detach().clone() for p in params]
-        for p, e_p in zip(params, e):
-            p.add_(e_p)  # climb to w + e(w)
+        w = [torch.empty_like(p) for p in params]
+        torch._foreach_copy_(w, params)
+        torch._foreach_add_(params, e)  # climb to w + e(w)
     optimizer.zero_grad(set_to_none=True)
     with frozen_bn_statistics(model), autocast:
         perturbed_loss = loss_fn(model)
     perturbed_loss.backward()  # g' = grad L(w + e)
     with torch.no_grad():
-        for p, w_p in zip(params, w):
-            p.copy_(w_p)  # back to w; the step below moves w along g'
+        torch._foreach_copy_(params, w)  # back to w; the step below moves w along g'
     optimizer.step()
     return loss.detach(), e
 

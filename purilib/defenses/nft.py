@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..devices import generator
-from ..layers import attach_masks, batchnorms, clamp_, fold_masks, frozen, mask_statistics
+from ..layers import attach_masks, batchnorms, clamp_, fold_masks, frozen, mask_l1, mask_statistics
 from .base import Defense, cosine_lr
 
 DEFAULTS = dict(steps=1000, batch_size=128, lr=0.05, final_lr=0.02, momentum=0.95,
@@ -109,7 +109,7 @@ class NFT(Defense):
                 with self.autocast():
                     out = network(lam * x + (1 - lam) * x[partner])
                     loss = lam * F.cross_entropy(out, y) + (1 - lam) * F.cross_entropy(out, y[partner])
-                reg = sum((1 - m).abs().sum() for m in masks) * c["mask_reg"] / per_class
+                reg = mask_l1(masks, center=1.0) * c["mask_reg"] / per_class
                 optimizer.zero_grad(set_to_none=True)
                 (loss + reg).backward()
                 optimizer.step()
