@@ -10,7 +10,7 @@
 # $OUT gets 5 plain files (the device tool brings back at most 8): gpu.txt, session.log, campaign.json,
 # records.tar.gz (rewritten after every group: a command killed at its limit still brings back each finished
 # cell), logs.tar.gz; with SPEED_SECONDS=N the last N seconds time the defense loops (gpu_speed.jsonl: reference,
-# current and the opt-in compiled loop, SPEED_DEFENSES, default NFT,FT-SAM).
+# current and the opt-in compiled loop, SPEED_DEFENSES, default NFT,FT-SAM,ANP,AWM).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to a folder for the results}"
@@ -30,6 +30,6 @@ speed=${SPEED_SECONDS:-0}  # seconds kept at the end for gpu_speed.py on the def
 "$python" -m purilib.campaign run --out "$OUT" --budget "$(( left - speed ))" --processes "${PROCESSES:-6}" \
   --device "$device" ${PROFILE:+--profile "$PROFILE"} 2>&1 | tee "$OUT/session.log"
 if [ "$speed" -gt 0 ]; then
-  timeout "$speed" "$python" benchmarks/gpu_speed.py --device "$device" --batch-sizes "" --defenses "${SPEED_DEFENSES:-NFT,FT-SAM}" \
+  timeout "$speed" "$python" benchmarks/gpu_speed.py --device "$device" --batch-sizes "" --defenses "${SPEED_DEFENSES:-NFT,FT-SAM,ANP,AWM}" \
     --defense-steps "${SPEED_STEPS:-1000}" --out "$OUT/gpu_speed.jsonl" >> "$OUT/session.log" 2>&1
 fi

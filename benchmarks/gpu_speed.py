@@ -12,8 +12,8 @@
 2. Each defense's wall seconds on one (untrained) model with ``--defense-steps`` steps, with
    ``fast=False`` (the defense reads a number back from the device every step and draws its
    batches on the CPU, as the loops did before the shared primitives) and ``fast=True``; for the
-   loops that can (NFT, FT, FT-SAM, FP, ANP, AWM), also ``compile=True`` (``Defense.compiled``; on a GPU, or with
-   ``--compile-on-cpu``).
+   loops that can (NFT, FT, FT-SAM, FP, ANP, AWM), also ``compile=True`` (``Defense.compiled``: inductor with
+   CUDA graphs, ``mode="reduce-overhead"``; on a GPU, or with ``--compile-on-cpu``).
 
 Prints one JSON line per measurement (and appends it to ``--out``), each with the ratio
 reference / current.  Defaults: full width on a GPU; on the CPU the ``cpu`` profile's model
@@ -31,6 +31,7 @@ from purilib.data import ImageSet, create_dataset
 from purilib.defenses import DEFENSES, create_defense
 from purilib.devices import device_name, resolve_device
 from purilib.models import create_model
+from purilib.provenance import code_version
 from purilib.training import DEFAULT_TRAINING, fit
 
 COMPILED = ("NFT", "FT", "FT-SAM", "FP", "ANP", "AWM")  # the loops that call Defense.compiled
@@ -77,7 +78,7 @@ def main(argv=None):
     train_steps = args.train_steps or (100 if gpu else 10)
     defense_steps = args.defense_steps or (200 if gpu else 10)
     header = {"device": device, "device_name": device_name(device), "torch": torch.__version__, "width": width,
-              "bf16": bool(args.bf16)}
+              "bf16": bool(args.bf16), "code": code_version()}
 
     def emit(line):
         text = json.dumps({**line, **header})

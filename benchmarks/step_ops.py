@@ -11,6 +11,9 @@ tensors counts once, as it is one launch, or a few, on CUDA).  Per step: the cou
 2 x ``--steps`` minus the count at ``--steps``, divided by ``--steps``, so setup (masks,
 copies, the final pruning) cancels.  The count does not depend on the device or the width;
 it runs on the CPU in seconds.  One JSON line per defense.
+
+Counted on the CPU, a few operations are no launch on CUDA either: Adam's and SGD's step counters
+live on the CPU there too (I-BAU's ``_local_scalar_dense`` and ``pow``: Adam's bias corrections).
 """
 import argparse
 import contextlib
@@ -25,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from purilib.data import create_dataset
 from purilib.defenses import DEFENSES, create_defense
 from purilib.models import create_model
+from purilib.provenance import code_version
 
 
 NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}  # allocation only
@@ -87,7 +91,7 @@ def main(argv=None):
         per_step = {op: (twice[op] - once[op]) / args.steps for op in twice}
         line = {"defense": name, "ops_per_step": round(sum(per_step.values()), 1),
                 "most": {op: round(n, 1) for op, n in sorted(per_step.items(), key=lambda kv: -kv[1])[:args.top]},
-                "torch": torch.__version__}
+                "torch": torch.__version__, "code": code_version()}
         text = json.dumps(line)
         print(text, flush=True)
         if args.out:

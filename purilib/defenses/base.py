@@ -80,9 +80,12 @@ class Defense:
         cuda = torch.device(self.device).type == "cuda"
         if not self.compile or (self.compile == "auto" and not cuda):
             return model
-        backend = self.compile if isinstance(self.compile, str) and self.compile != "auto" else "inductor"
+        # inductor with CUDA graphs (as training's): a defense step is launch-bound, one graph replay per
+        # forward and one per backward; on the CPU the same mode is plain inductor
+        options = ({"backend": self.compile} if isinstance(self.compile, str) and self.compile != "auto"
+                   else {"mode": "reduce-overhead"})
         try:
-            return _FirstCallFallback(torch.compile(model, backend=backend), model, self.name)
+            return _FirstCallFallback(torch.compile(model, **options), model, self.name)
         except Exception as error:  # noqa: BLE001  (no compiler here): the plain loop
             print(f"{self.name}: torch.compile unavailable ({type(error).__name__}: {error}); running uncompiled")
             return model
