@@ -7,9 +7,10 @@
 #   on the device: OUT=$OUT PURILIB_DATA_ROOT=$PWD/.gpu-data bash benchmarks/gpu_session.sh 540   (carry .gpu-data)
 #   back here:     .venv/bin/python -m purilib.campaign unpack <files>/records.tar.gz   (renders every touched table)
 #
-# $OUT gets 5 plain files (the device tool brings back at most 8): gpu.txt, session.log, campaign.json,
+# $OUT gets 6 plain files (the device tool brings back at most 8): gpu.txt, session.log, campaign.json,
 # records.tar.gz (rewritten after every group: a command killed at its limit still brings back each finished
-# cell), logs.tar.gz; with SPEED_SECONDS=N the last N seconds time the defense loops (gpu_speed.jsonl: reference,
+# cell), logs.tar.gz, gpu_util.csv (nvidia-smi's GPU utilisation and memory every 5 s: is the GPU busy with
+# PROCESSES processes, or would more fill it?  issue 23's throughput question); with SPEED_SECONDS=N the last N seconds time the defense loops (gpu_speed.jsonl: reference,
 # current and the opt-in compiled loop, SPEED_DEFENSES, default NFT,FT-SAM,ANP,AWM).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,11 +26,19 @@ start=$(date +%s)
 } > "$OUT/gpu.txt" 2>&1
 # decoded once here, so that the runner's processes all read the cache instead of decoding at once
 "$python" -c "from purilib.data import load_cifar10; load_cifar10('test')" >> "$OUT/gpu.txt" 2>&1
+sampler=
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu_util.csv" 2>&1 &
+  sampler=$!
+fi
 left=$(( budget - ($(date +%s) - start) - 10 ))
 speed=${SPEED_SECONDS:-0}  # seconds kept at the end for gpu_speed.py on the defenses (reference, current, compiled)
 "$python" -m purilib.campaign run --out "$OUT" --budget "$(( left - speed ))" --processes "${PROCESSES:-6}" \
   --device "$device" ${PROFILE:+--profile "$PROFILE"} 2>&1 | tee "$OUT/session.log"
+status=$?
 if [ "$speed" -gt 0 ]; then
   timeout "$speed" "$python" benchmarks/gpu_speed.py --device "$device" --batch-sizes "" --defenses "${SPEED_DEFENSES:-NFT,FT-SAM,ANP,AWM}" \
     --defense-steps "${SPEED_STEPS:-1000}" --out "$OUT/gpu_speed.jsonl" >> "$OUT/session.log" 2>&1
 fi
+if [ -n "$sampler" ]; then kill "$sampler" 2> /dev/null; fi
+exit "$status"
