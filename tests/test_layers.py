@@ -1,0 +1,49 @@
+"""The grouped (``_foreach_`` / flat-vector) mask and gradient helpers against the per-tensor loops they
+replace: the same values, so the defenses' purified weights do not depend on which one ran."""
+import torch
+
+from purilib.defenses.fip import add_retainer_gradient
+from purilib.layers import clamp_, mask_l1
+
+
+def _tensors(seed, shapes=((4,), (3, 5), (2, 3, 3, 3))):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g) * 2 for s in shapes]
+
+
+def test_clamp_equals_clamping_each_tensor_with_its_own_floor():
+    lows = [0.8, 0.3, -0.1]
+    grouped, looped = _tensors(0), _tensors(0)
+    clamp_(grouped, lows, 1.0)
+    for t, low in zip(looped, lows):
+        t.clamp_(low, 1.0)
+    assert all(torch.equal(a, b) for a, b in zip(grouped, looped))
+    one_floor = _tensors(1)
+    clamp_(one_floor, 0.0, 1.0)  # one bound for all
+    assert all(t.min() >= 0 and t.max() <= 1 for t in one_floor)
+
+
+def test_mask_l1_and_its_gradient_equal_the_per_layer_sum():
+    flat = [t.requires_grad_() for t in _tensors(2)]
+    per_layer = [t.detach().clone().requires_grad_() for t in flat]
+    value = mask_l1(flat, center=1.0)
+    reference = sum((1 - m).abs().sum() for m in per_layer)
+    assert torch.allclose(value, reference)
+    value.backward()
+    reference.backward()
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(flat, per_layer))
+
+
+def test_the_retainer_gradient_in_closed_form_is_autograds():
+    params = [t.requires_grad_() for t in _tensors(3)]
+    start = [p.detach() + 0.1 * torch.randn_like(p) for p in params]
+    fisher = [t.abs() for t in _tensors(4)]
+    (sum(p.square().sum() for p in params[:2])).backward()  # the last parameter gets no gradient from the loss
+    assert params[2].grad is None
+    loss_grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    add_retainer_gradient(params, fisher, start, weight=5.0)
+    copies = [p.detach().clone().requires_grad_() for p in params]
+    drift = sum((f * (p - p0).square()).sum() for f, p, p0 in zip(fisher, copies, start))
+    expected = torch.autograd.grad(5.0 / 2 * drift, copies)
+    for p, lg, e in zip(params, loss_grads, expected):
+        torch.testing.assert_close(p.grad, lg + e)
