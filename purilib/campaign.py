@@ -20,7 +20,8 @@ for it (the model cache's lock) and load it.
 ``python -m purilib.campaign unpack DIR/records.tar.gz``, back here: the records into ``results/``, each
 touched table rendered from its records (``./reproduce.sh TABLE --from-records``, papermill), the results
 index refreshed.  ``python -m purilib.campaign list``: the queue, each unit done or not, the estimate of
-what is left.  ``--profile smoke --device cpu`` runs the same logic on this machine (the rehearsal the
+what is left; ``plan [--select t1-gpu-] [--processes N]``: by the estimates, the commands the units left
+need (the runner's own rule for what to start, ``startable``).  ``--profile smoke --device cpu`` runs the same logic on this machine (the rehearsal the
 tests run).
 """
 import argparse
@@ -145,6 +146,52 @@ def missing_packages(unit) -> list:
     return [name for name in needs if importlib.util.find_spec(name) is None]
 
 
+def startable(jobs, free, now, budget, started) -> tuple:
+    """The runner's rule for what to start, in one place: in queue order, up to ``free`` of the ``jobs``
+    ((unit, group) pairs); a unit not yet ``started`` only if its estimate fits in what is left of the
+    budget (a smaller unit further down may).  Returns (the jobs to start, the units that did not fit)."""
+    chosen, unfit, starting = [], [], set(started)
+    for unit, group in jobs:
+        if len(chosen) >= free:
+            break
+        if unit.id not in starting and now + unit.estimate_s > budget:
+            if unit not in unfit:
+                unfit.append(unit)
+            continue
+        starting.add(unit.id)
+        chosen.append((unit, group))
+    return chosen, unfit
+
+
+def plan_commands(units, budget=540.0, processes=4) -> tuple:
+    """What the runner would do with ``units`` by the estimates alone, every group of a unit taking the unit's
+    estimate: the units each command of ``budget`` seconds would finish, in order, and the units no command
+    finishes (an estimate over the budget).  An estimate is wall seconds with the runner's usual company on
+    the GPU, so a plan with many more processes than the estimates were measured with is optimistic."""
+    commands, pending = [], list(units)
+    while pending:
+        jobs = [(u, g) for u in pending for g in range(len(u.groups))]
+        running, started, finished, now = [], set(), {}, 0.0
+        while True:
+            chosen, _ = startable(jobs, processes - len(running), now, budget, started) if now < budget else ([], [])
+            for unit, group in chosen:
+                jobs.remove((unit, group))
+                started.add(unit.id)
+                running.append((now + unit.estimate_s, unit.id))
+            if not running:
+                break
+            running.sort()
+            now, unit_id = running.pop(0)
+            if now <= budget:  # past it, the runner kills the group
+                finished[unit_id] = finished.get(unit_id, 0) + 1
+        done = [u.id for u in pending if finished.get(u.id, 0) == len(u.groups)]
+        if not done:
+            break
+        commands.append(done)
+        pending = [u for u in pending if u.id not in done]
+    return commands, [u.id for u in pending]
+
+
 def run(units, out, budget=540.0, processes=4, device="auto", data_root=None, cache_dir=None, results=None,
         log=print) -> dict:
     """Run the queue's units not yet done, as many as fit in ``budget`` seconds; return the summary."""
@@ -174,16 +221,14 @@ def run(units, out, budget=540.0, processes=4, device="auto", data_root=None, ca
         told, failures = set(), 0  # units said not to fit; groups in a row that failed at once
         while jobs or running:
             now = time.time() - start
-            for job in list(jobs):
+            chosen, unfit = startable(jobs, processes - len(running), now, budget, started_units) \
+                if now < budget and failures < FAIL_FAST else ([], [])
+            for unit in unfit:
+                if unit.id not in told:
+                    told.add(unit.id)
+                    log(f"[{now:.0f} s] {unit.id}: ~{unit.estimate_s} s does not fit in the {budget - now:.0f} s left")
+            for job in chosen:
                 unit, group = job
-                if len(running) >= processes or now >= budget or failures >= FAIL_FAST:
-                    break
-                if unit.id not in started_units and now + unit.estimate_s > budget:
-                    if unit.id not in told:
-                        told.add(unit.id)
-                        log(f"[{now:.0f} s] {unit.id}: ~{unit.estimate_s} s does not fit in the {budget - now:.0f} s "
-                            "left")
-                    continue  # a smaller unit further down may
                 jobs.remove(job)
                 started_units.setdefault(unit.id, now)
                 command = [sys.executable, "-m", "purilib.campaign", "group", str(queue_file), unit.id, str(group),
@@ -403,6 +448,12 @@ def _main(argv=None):
     group.add_argument("--out", required=True)
     group.add_argument("--device", default="auto")
     group.add_argument("--data-root", default=None)
+    planning = sub.add_parser("plan", help="by the estimates, the commands the units left need")
+    planning.add_argument("--queue", default=None)
+    planning.add_argument("--results", default=None)
+    planning.add_argument("--select", default="", help="only the units whose id starts so (e.g. t1-gpu-)")
+    planning.add_argument("--budget", type=float, default=540.0)
+    planning.add_argument("--processes", type=int, default=6)
     back = sub.add_parser("unpack", help="bring a run's records.tar.gz into results/ and render what it touched")
     back.add_argument("archive")
     back.add_argument("--results", default=None)
@@ -416,6 +467,15 @@ def _main(argv=None):
         return 0
     if args.command == "unpack":
         unpack(args.archive, args.results, render=not args.no_render)
+        return 0
+    if args.command == "plan":
+        units = [u for u in load_queue(args.queue) if u.id.startswith(args.select) and not is_done(u, args.results)]
+        commands, never = plan_commands(units, args.budget, args.processes)
+        for i, ids in enumerate(commands, 1):
+            print(f"command {i}: {', '.join(ids)}")
+        print(f"{len(units)} units left{f' starting {args.select!r}' if args.select else ''}: {len(commands)} "
+              f"commands of {args.budget:.0f} s at {args.processes} processes, by the estimates"
+              + (f"; never finished (over the budget): {', '.join(never)}" if never else ""))
         return 0
     units = load_queue(args.queue, args.profile)
     if args.command == "list":

@@ -151,3 +151,17 @@ def test_a_runner_stopped_from_outside_stops_its_groups_and_still_packs(tmp_path
     summary = json.loads((out / "campaign.json").read_text())
     assert "interrupted" in rest and summary["partial"] == ["t1-BadNets"]
     assert summary["groups"]["t1-BadNets"][0][1] == "interrupted" and (out / "records.tar.gz").exists()
+
+
+def test_the_plan_follows_the_runners_rule_for_what_to_start():
+    def unit(name, groups, estimate):
+        return campaign.Unit(id=name, table="nft-table1", profile="gpu", attacks=("BadNets",),
+                             groups=tuple(("FT",) for _ in range(groups)), estimate_s=estimate)
+    a, b, huge = unit("a", 2, 100), unit("b", 2, 100), unit("huge", 1, 1000)
+    # two processes: b waits for a's slots, and then no longer fits in the 150 s of the command
+    assert campaign.plan_commands([a, b, huge], budget=150, processes=2) == ([["a"], ["b"]], ["huge"])
+    assert campaign.plan_commands([a, b], budget=150, processes=4) == ([["a", "b"]], [])
+    # three processes: b's second group starts only when a ends, and would be killed at the budget
+    assert campaign.plan_commands([a, b], budget=150, processes=3) == ([["a"], ["b"]], [])
+    chosen, unfit = campaign.startable([(huge, 0), (a, 0), (a, 1)], free=1, now=0, budget=150, started=set())
+    assert chosen == [(a, 0)] and unfit == [huge]  # a smaller unit further down goes first
