@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One GPU command of the campaign (benchmarks/campaign.toml), on a lent machine with torch but no papermill:
-# the units not yet recorded in results/, as many as fit in SECONDS (default 540), PROCESSES at once.
+# the units not yet recorded in results/, as many as fit in SECONDS (default 540), PROCESSES at once (default 8:
+# two whole units of four groups; with 6, a second unit's last two groups wait for the first unit to end and,
+# by `python -m purilib campaign plan --select t1-gpu- --processes 6`, no longer fit the command).
 #
 #   here, once:    echo /.gpu-data/ >> .git/info/exclude; mkdir -p .gpu-data; cp ../shared/data/cifar10-jpeg.tar.gz .gpu-data/
 #   rehearse:      OUT=/tmp/out PURILIB_DATA_ROOT=$PWD/.gpu-data PROFILE=smoke bash benchmarks/gpu_session.sh 120 cpu
@@ -10,8 +12,9 @@
 # $OUT gets 6 plain files (the device tool brings back at most 8): gpu.txt, session.log, campaign.json,
 # records.tar.gz (rewritten after every group: a command killed at its limit still brings back each finished
 # cell), logs.tar.gz, gpu_util.csv (nvidia-smi's GPU utilisation and memory every 5 s: is the GPU busy with
-# PROCESSES processes, or would more fill it?  issue 23's throughput question); with SPEED_SECONDS=N the last N seconds time the defense loops (gpu_speed.jsonl: reference,
-# current and the opt-in compiled loop, SPEED_DEFENSES, default NFT,FT-SAM,ANP,AWM).
+# PROCESSES processes, or would more fill it?  issue 23's throughput question); with SPEED_SECONDS=N the last
+# N seconds time the defense loops (gpu_speed.jsonl: reference, current and the opt-in compiled loop,
+# SPEED_DEFENSES, default NFT,FT-SAM,ANP,AWM).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to a folder for the results}"
@@ -33,7 +36,7 @@ if command -v nvidia-smi > /dev/null; then
 fi
 left=$(( budget - ($(date +%s) - start) - 10 ))
 speed=${SPEED_SECONDS:-0}  # seconds kept at the end for gpu_speed.py on the defenses (reference, current, compiled)
-"$python" -m purilib.campaign run --out "$OUT" --budget "$(( left - speed ))" --processes "${PROCESSES:-6}" \
+"$python" -m purilib.campaign run --out "$OUT" --budget "$(( left - speed ))" --processes "${PROCESSES:-8}" \
   --device "$device" ${PROFILE:+--profile "$PROFILE"} 2>&1 | tee "$OUT/session.log"
 status=$?
 if [ "$speed" -gt 0 ]; then
