@@ -15,14 +15,17 @@ with F the Fisher information w.r.t. delta and Fbar its diagonal at delta = 0.  
 the shifts are folded back into plain weights: the same architecture and state-dict keys
 come back, each weight still spanned by its original singular vectors.
 
-Where the speed comes from.  The paper reports ~5x less runtime than FIP and credits the far
-smaller parameter set (PreAct-ResNet-18: 1,098 shifts against 0.70M weights at width 0.25;
-4,325 against 11.2M at full width).  On a CNN that barely makes a step cheaper: the backward
+Where the speed comes from.  The abstract credits Fast FIP, which "reduces the number of
+tunable parameters significantly" (PreAct-ResNet-18: 1,098 shifts against 0.70M weights at
+width 0.25; 4,325 against 11.2M at full width), with "an impressive runtime gain of almost
+5x", without saying against what.  Read here as against FIP; it may be against the baselines:
+Figure 4's "FIP (Ours)" bar (20.8 s, RTX 3090) is 5.0x below the mean of its five baselines'
+(104.8 s), and that bar may be Fast FIP's.  On a CNN that barely makes a step cheaper: the backward
 pass and the double backward of the trace penalty still run through every activation and
 every layer's weight gradient (the shifts' gradients are projections of it), and the
 weights are rebuilt from U, S, V at every forward.  Measured interleaved on two CPU cores, a
 Fast FIP step costs 0.9-1.0x a FIP step.  What the small spectral parameter space buys is a
-shorter schedule: Fast FIP takes 400 steps, a fifth of FIP's 2000 (the reported ~5x), with a
+shorter schedule: Fast FIP takes 400 steps, a fifth of FIP's 2000 (our reading of the 5x), with a
 10x larger learning rate.  SGD on delta moves W by the projection of -lr * dL/dW onto
 span{u_k v_k^T}, an orthonormal basis, so ||dW|| = ||d delta||; on the cpu profile's BadNets
 model a clean batch's gradient has norm 1.95 w.r.t. all weights but 0.24 w.r.t. the shifts,

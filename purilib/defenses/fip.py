@@ -37,10 +37,12 @@ eta_F = 0.005, the authors' advice ("0.005 or less"; the script's --reg_F defaul
 eta_r = 5, the released regulariser's weight (its loss is weight / 2 * sum F (theta - theta0)^2).
 
 Differences from the released code, which follow the paper's intent:
-- Its "trace" (get_trace_loss) is sum_v <grad mean log p(y|x), v> / 20 over 20 Gaussian v:
-  a random linear functional of the gradient with mean zero, not tr F; and it takes
-  log_softmax(out)[:, target], a B x B matrix (each sample scored against every label in
-  the batch).  Here: the estimator above.  It adds the term every 5th step only;
+- Its "trace" (Regularizer.get_trace_loss) sums, over 20 Gaussian v, the running partial
+  sums of <grad mean log p(y|x), v> layer by layer (its append sits inside the layer loop),
+  divided by 20: a random linear functional of the gradient with mean zero, not tr F; and it
+  takes log_softmax(out)[:, target], a B x B matrix (each sample scored against every label
+  in the batch).  Here: the estimator above.  (Remove_Backdoor_FIP.py also defines an unused
+  get_trace_loss that is a Hutchinson estimate of the Hessian's trace, 10 Gaussian probes.)  It adds the term every 5th step only;
   ``trace_every=5`` reproduces that cadence, the default 1 is the paper's objective.
 - Its retainer is computed but commented out of the loss, with F estimated as the square of
   the gradient of the mean log-likelihood (not the mean of per-sample squares), in train
