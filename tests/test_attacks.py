@@ -21,6 +21,22 @@ def test_badnets_stamps_a_3x3_checkerboard_bottom_right_and_nothing_else():
     assert not changed.any()
 
 
+def test_badnets_released_pattern_is_the_seed_papers_and_keyed_apart():
+    images = gray_images(value=100)
+    released = create_attack("BadNets", pattern="released")
+    patch = released.apply_trigger(images)[:, :, -3:, -3:]
+    expected = torch.tensor([[0, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=torch.uint8)
+    assert torch.equal(patch, expected.expand_as(patch))
+    default = create_attack("BadNets")
+    assert "pattern" not in default.config() and released.config()["pattern"] == "released"  # other models
+    scaled = create_attack("BadNets", pattern="released", cell=2).apply_trigger(images)[0, 0, -6:, -6:]
+    assert torch.equal(scaled[::2, ::2], expected) and torch.equal(scaled[1::2, 1::2], expected)
+    with pytest.raises(ValueError, match="pattern must be one of"):
+        create_attack("BadNets", pattern="random")
+    with pytest.raises(ValueError, match="3 squares a side"):
+        create_attack("BadNets", pattern="released", size=4)
+
+
 def test_badnets_opacity_blends_the_patch():
     out = create_attack("BadNets", opacity=0.6).apply_trigger(gray_images(value=100))
     assert out[0, 0, -3, -3].item() == round(0.4 * 100 + 0.6 * 255)
