@@ -21,8 +21,8 @@ for it (the model cache's lock) and load it.
 touched table rendered from its records (``./reproduce.sh TABLE --from-records``, papermill), the results
 index refreshed.  ``python -m purilib.campaign list``: the queue, each unit done or not, the estimate of
 what is left; ``plan [--select t1-gpu-] [--processes N]``: by the estimates, the commands the units left
-need (the runner's own rule for what to start, ``startable``).  ``--profile smoke --device cpu`` runs the same logic on this machine (the rehearsal the
-tests run).
+need (the runner's own rule for what to start, ``startable``).  ``--profile smoke --device cpu`` runs the
+same logic on this machine (the rehearsal the tests run).
 """
 import argparse
 import dataclasses

@@ -42,8 +42,9 @@ Differences from the released code, which follow the paper's intent:
   divided by 20: a random linear functional of the gradient with mean zero, not tr F; and it
   takes log_softmax(out)[:, target], a B x B matrix (each sample scored against every label
   in the batch).  Here: the estimator above.  (Remove_Backdoor_FIP.py also defines an unused
-  get_trace_loss that is a Hutchinson estimate of the Hessian's trace, 10 Gaussian probes.)  It adds the term every 5th step only;
-  ``trace_every=5`` reproduces that cadence, the default 1 is the paper's objective.
+  get_trace_loss that is a Hutchinson estimate of the Hessian's trace, 10 Gaussian probes.)
+  It adds the term every 5th step only; ``trace_every=5`` reproduces that cadence, the
+  default 1 is the paper's objective.
 - Its retainer is computed but commented out of the loss, with F estimated as the square of
   the gradient of the mean log-likelihood (not the mean of per-sample squares), in train
   mode (which moves the BN running statistics before purification).  Here it is in the loss,
