@@ -9,7 +9,10 @@
 - ``clamp_`` / ``mask_l1``: a set of masks clamped, and its L1 norm, each in a few operations.
 - ``freeze(model, trainable)`` / ``frozen(...)``: every parameter frozen but ``trainable`` (restored
   after, for the context manager).
+- ``batchnorm_as_affine(model)``: eval-mode BatchNorm computed as the affine map it is (for second
+  derivatives in a few operations).
 """
+import types
 from contextlib import contextmanager
 
 import torch
@@ -102,3 +105,30 @@ def mask_l1(masks, center=0.0):
     """sum_l ||m_l - center||_1 over all the masks as one flat vector: a few operations however many
     layers (its gradient, elementwise, is the per-layer sum's, bit for bit)."""
     return (torch.cat([m.flatten() for m in masks]) - center).abs().sum()
+
+
+def _affine_batchnorm(self, x):
+    scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return torch.addcmul((self.bias - self.running_mean * scale).view(shape), x, scale.view(shape))
+
+
+@contextmanager
+def batchnorm_as_affine(model):
+    """Inside, every affine BatchNorm layer with running statistics computes, in eval mode, the function
+    it is: x * a + b, a = gamma / sqrt(var + eps), b = beta - mean * a (gamma and beta trainable).  The
+    same outputs and gradients; but autograd differentiates this form twice in a few elementwise
+    operations per layer, where the fused kernel's double backward is a long generic formula (I-BAU's
+    hypergradient).  The model must stay in eval mode inside."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+              and m.affine and m.track_running_stats and "forward" not in m.__dict__]
+    if any(layer.training for layer in layers):
+        raise ValueError("batchnorm_as_affine: the model must be in eval mode (BN on its running statistics)")
+    for layer in layers:
+        layer.forward = types.MethodType(_affine_batchnorm, layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+

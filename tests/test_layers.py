@@ -1,5 +1,6 @@
 """The grouped (``_foreach_`` / flat-vector) mask and gradient helpers against the per-tensor loops they
 replace: the same values, so the defenses' purified weights do not depend on which one ran."""
+import pytest
 import torch
 
 from purilib.defenses.fip import add_retainer_gradient
@@ -47,3 +48,35 @@ def test_the_retainer_gradient_in_closed_form_is_autograds():
     expected = torch.autograd.grad(5.0 / 2 * drift, copies)
     for p, lg, e in zip(params, loss_grads, expected):
         torch.testing.assert_close(p.grad, lg + e)
+
+
+def test_batchnorm_as_affine_is_the_same_function_to_the_second_derivative():
+    from purilib.layers import batchnorm_as_affine
+    from purilib.models import create_model
+    torch.manual_seed(0)
+    model = create_model("preact_resnet18", width=0.125)
+    model.train()
+    for _ in range(3):  # running statistics away from their initial 0 / 1
+        model(torch.rand(16, 3, 32, 32))
+    model.eval()
+    x = torch.rand(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 3])
+
+    def derivatives():
+        delta = torch.zeros(1, 3, 32, 32, requires_grad=True)
+        loss = torch.nn.functional.cross_entropy(model(x + delta), y)
+        (g,) = torch.autograd.grad(loss, delta, create_graph=True)  # I-BAU's fixed-point map
+        second = torch.autograd.grad(g.square().sum(), [delta, *model.parameters()])
+        return [loss.detach(), g.detach(), *second]
+
+    native = derivatives()
+    with batchnorm_as_affine(model):
+        affine = derivatives()
+        assert sum("forward" in vars(m) for m in model.modules()) == 16  # every BN of the network, swapped
+    for a, b in zip(native, affine):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert all("forward" not in vars(m) for m in model.modules())  # the layers' own forward again
+    model.train()
+    with pytest.raises(ValueError, match="eval mode"):
+        with batchnorm_as_affine(model):
+            pass

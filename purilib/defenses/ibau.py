@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..devices import generator
+from ..layers import batchnorm_as_affine
 from .base import Defense, count_trainable
 
 DEFAULTS = dict(steps=250, batch_size=100, rounds=5, K=5, lr=1e-4, inner_lr=10.0, inner_reg=0.001,
@@ -101,40 +102,42 @@ class IBAU(Defense):
     def run(self, model, clean):
         c = self.config
         model.eval()  # as the released code: BN uses (and keeps) its running statistics
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.stats["trainable_params"] = count_trainable(params)
-        optimizer = torch.optim.Adam(params, lr=c["lr"])
-        rounds = max(1, min(c["rounds"], c["steps"]))
-        per_round = [c["steps"] // rounds + (r < c["steps"] % rounds) for r in range(rounds)]
-        batches = self.batches(clean, c["batch_size"], c["steps"])
-        g = generator(self.seed + 1, self.device)
-        bar = self.steps(range(c["steps"]), c["steps"], model=model)
-        norms = []
-        for n in per_round:
-            round_batches = list(itertools.islice(batches, n))
-            delta = universal_perturbation(model, round_batches, c["inner_lr"], c["inner_reg"], c["norm_bound"],
-                                           self.autocast())
-            norms.append(delta.norm())
-            for x, y in round_batches:
-                n_perturbed = max(1, int(c["perturbed_fraction"] * len(y)))
-                mask = torch.zeros(len(y), 1, 1, 1, device=x.device)
-                mask[torch.randperm(len(y), generator=g, device=x.device)[:n_perturbed]] = 1.0
+        # the same function; the hypergradient's second derivatives through it in a few operations a layer
+        with batchnorm_as_affine(model):
+            params = [p for p in model.parameters() if p.requires_grad]
+            self.stats["trainable_params"] = count_trainable(params)
+            optimizer = torch.optim.Adam(params, lr=c["lr"])
+            rounds = max(1, min(c["rounds"], c["steps"]))
+            per_round = [c["steps"] // rounds + (r < c["steps"] % rounds) for r in range(rounds)]
+            batches = self.batches(clean, c["batch_size"], c["steps"])
+            g = generator(self.seed + 1, self.device)
+            bar = self.steps(range(c["steps"]), c["steps"], model=model)
+            norms = []
+            for n in per_round:
+                round_batches = list(itertools.islice(batches, n))
+                delta = universal_perturbation(model, round_batches, c["inner_lr"], c["inner_reg"], c["norm_bound"],
+                                               self.autocast())
+                norms.append(delta.norm())
+                for x, y in round_batches:
+                    n_perturbed = max(1, int(c["perturbed_fraction"] * len(y)))
+                    mask = torch.zeros(len(y), 1, 1, 1, device=x.device)
+                    mask[torch.randperm(len(y), generator=g, device=x.device)[:n_perturbed]] = 1.0
 
-                def outer_loss(d, x=x, y=y, mask=mask):
-                    with self.autocast():
-                        return F.cross_entropy(model(x + mask * d), y)
+                    def outer_loss(d, x=x, y=y, mask=mask):
+                        with self.autocast():
+                            return F.cross_entropy(model(x + mask * d), y)
 
-                def fixed_point_map(d, x=x, y=y):
-                    with self.autocast():
-                        inner = inner_objective(model, x, y, d, c["inner_reg"])
-                    return d - c["fixed_point_lr"] * torch.autograd.grad(inner, d, create_graph=True)[0]
+                    def fixed_point_map(d, x=x, y=y):
+                        with self.autocast():
+                            inner = inner_objective(model, x, y, d, c["inner_reg"])
+                        return d - c["fixed_point_lr"] * torch.autograd.grad(inner, d, create_graph=True)[0]
 
-                grads = implicit_hypergradient(outer_loss, fixed_point_map, delta, params, c["K"])
-                for p, grad in zip(params, grads):
-                    p.grad = grad
-                optimizer.step()
-                next(bar)
-        for _ in bar:  # the last step's callback
-            pass
-        self.stats["perturbation_norms"] = [round(n, 4) for n in torch.stack(norms).tolist()]
+                    grads = implicit_hypergradient(outer_loss, fixed_point_map, delta, params, c["K"])
+                    for p, grad in zip(params, grads):
+                        p.grad = grad
+                    optimizer.step()
+                    next(bar)
+            for _ in bar:  # the last step's callback
+                pass
+            self.stats["perturbation_norms"] = [round(n, 4) for n in torch.stack(norms).tolist()]
         return model
