@@ -453,7 +453,7 @@ def _main(argv=None):
     planning.add_argument("--results", default=None)
     planning.add_argument("--select", default="", help="only the units whose id starts so (e.g. t1-gpu-)")
     planning.add_argument("--budget", type=float, default=540.0)
-    planning.add_argument("--processes", type=int, default=6)
+    planning.add_argument("--processes", type=int, default=8)  # gpu_session.sh's
     back = sub.add_parser("unpack", help="bring a run's records.tar.gz into results/ and render what it touched")
     back.add_argument("archive")
     back.add_argument("--results", default=None)
