@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU command of the campaign (benchmarks/campaign.toml), on a lent machine with torch but no papermill:
-# the units not yet recorded in results/, as many as fit in SECONDS (default 540), PROCESSES at once (default 8:
-# two whole units of four groups; with 6, a second unit's last two groups wait for the first unit to end and,
-# by `python -m purilib campaign plan --select t1-gpu- --processes 6`, no longer fit the command).
+# the units not yet recorded in results/, as many as fit in SECONDS (default 540), PROCESSES at once (default 8,
+# the most the first H200 session ran beside each other; `python -m purilib campaign plan --processes N` says
+# what N would finish by the queue's estimates, which were measured with 4 to 7 processes).
 #
 #   here, once:    echo /.gpu-data/ >> .git/info/exclude; mkdir -p .gpu-data; cp ../shared/data/cifar10-jpeg.tar.gz .gpu-data/
 #   rehearse:      OUT=/tmp/out PURILIB_DATA_ROOT=$PWD/.gpu-data PROFILE=smoke bash benchmarks/gpu_session.sh 120 cpu

@@ -2,27 +2,28 @@
 
 A GPU is lent rarely, 15 minutes at a time (10 per command), on a fresh machine each time: only the files
 a command brings back survive.  So the work is a queue (``benchmarks/campaign.toml``), in priority order,
-of **units** one command can finish: one row of a table (its model trained on the device, then the
-table's columns on it), or one entry of a figure.  A unit's columns are split into **groups**, each run
-by its own process on the shared GPU; the first to need the row's model trains it and the others wait
-for it (the model cache's lock) and load it.
+of **units** one command can finish: one row of a table, or one entry of a figure.  A unit's jobs, each
+its own process on the shared GPU: one trains its model (none where another unit of the command uses the
+same model: the same row of another table), then its columns, split into **groups**, each start once the
+model is in the cache.  No process waits on another's lock: while models train, the others train models.
 
 ``python -m purilib.campaign run --out DIR [--budget S] [--processes N]``:
 
 1. skips every unit whose records are already in the results folder (committed, made with the
    unit's training recipe, defense settings and clean data: ``run_table(from_records=True)``);
-2. starts the others' groups in order, at most N processes at once, a unit only when its estimated
-   seconds fit in what is left of the budget; kills what still runs at the budget;
-3. after each group, packs every record made so far (and the models' manifests) into
+2. admits, in queue order, each other unit that, by the queue's estimates, ends within the budget with
+   everything admitted before it (:class:`Schedule`: the rule played forward, again whenever a job ends);
+   starts the admitted jobs, at most N processes at once; kills what still runs at the budget;
+3. after each job, packs every record made so far (and the models' manifests) into
    ``DIR/records.tar.gz``, so a command killed at its limit still brings back every finished cell;
 4. prints, and writes to ``DIR/campaign.json``, which units it finished, which it left and why.
 
 ``python -m purilib.campaign unpack DIR/records.tar.gz``, back here: the records into ``results/``, each
 touched table rendered from its records (``./reproduce.sh TABLE --from-records``, papermill), the results
 index refreshed.  ``python -m purilib.campaign list``: the queue, each unit done or not, the estimate of
-what is left; ``plan [--select t1-gpu-] [--processes N]``: by the estimates, the commands the units left
-need (the runner's own rule for what to start, ``startable``).  ``--profile smoke --device cpu`` runs the
-same logic on this machine (the rehearsal the tests run).
+what is left; ``plan [--select t1-gpu-] [--processes N]``: what the runner would do with the units left if
+every job took its estimate (the same :class:`Schedule`).  ``--profile smoke --device cpu`` runs the same
+logic on this machine (the rehearsal the tests run).
 """
 import argparse
 import dataclasses
@@ -51,7 +52,9 @@ class Unit:
     profile: str
     attacks: tuple
     groups: tuple          # tuples of columns, one process each
-    estimate_s: int        # wall seconds on one H200 shared with the campaign's other processes
+    model_s: float = 0.0   # by the estimates: seconds to train the row's model(s) beside the runner's others
+    group_s: tuple = ()    # seconds of each group (its process's start and its cells)
+    models: tuple = ()     # the models the unit's cells use: (attack, seed, training settings, snapshots) as JSON
     model: str = None      # the network (None: the table's / profile's)
     clean_per_class: int = None
     why: str = ""
@@ -60,10 +63,18 @@ class Unit:
     def defenses(self):
         return tuple(d for group in self.groups for d in group)
 
+    @property
+    def estimate_s(self):
+        """Process-seconds, by the estimates: its model and its groups."""
+        return self.model_s + sum(self.group_s)
+
+
+MODEL = -1  # a job's group index that means: train the unit's models
+
 
 def load_queue(path=None, profile=None) -> list:
-    """The queue's units, checked against the table registry (``profile``: every unit on that profile
-    instead, e.g. smoke for the CPU rehearsal)."""
+    """The queue's units, checked against the table registry, with their estimates (``profile``: every unit
+    on that profile instead, e.g. smoke for the CPU rehearsal)."""
     from .tables import get_table
     path = Path(path or QUEUE)
     with open(path, "rb") as f:
@@ -72,13 +83,14 @@ def load_queue(path=None, profile=None) -> list:
     for entry in data.get("unit", []):
         entry = dict(entry)
         where = f"{path.name}: unit {entry.get('id', '?')!r}"
-        unknown = set(entry) - {f.name for f in dataclasses.fields(Unit)}
+        allowed = {f.name for f in dataclasses.fields(Unit)} - {"group_s", "models"} | {"seconds"}
+        unknown = set(entry) - allowed
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
         if entry.get("id") in seen:
             raise ValueError(f"{where}: the id is used twice")
         seen.add(entry["id"])
-        lacking = [k for k in ("id", "table", "profile", "attacks", "estimate_s") if k not in entry]
+        lacking = [k for k in ("id", "table", "profile", "attacks") if k not in entry]
         if lacking:
             raise ValueError(f"{where}: lacks {', '.join(lacking)}")
         table = get_table(entry["table"])
@@ -89,9 +101,158 @@ def load_queue(path=None, profile=None) -> list:
         for name in (d for g in groups for d in g):
             if name not in table.defenses:
                 raise ValueError(f"{where}: {table.id} has no column {name!r}")
-        units.append(Unit(**{**entry, "attacks": tuple(entry["attacks"]), "groups": groups,
-                             "profile": profile or entry["profile"]}))
+        seconds = {**data.get("seconds", {}), **entry.pop("seconds", {})}
+        unpriced = sorted({d for g in groups for d in g} - set(seconds))
+        if unpriced:
+            raise ValueError(f"{where}: no estimate (seconds) for {', '.join(unpriced)}")
+        model_s = data.get("model_s", {})
+        if "model_s" not in entry and entry["profile"] not in model_s:
+            raise ValueError(f"{where}: no estimate (model_s) for a {entry['profile']} model")
+        model_s = entry.get("model_s", model_s.get(entry["profile"]))
+        if profile:  # another profile than the queue's: the rehearsal's estimates
+            rehearsal = data.get("rehearsal", {})
+            model_s = entry.get("model_s", rehearsal.get("model_s", 0))
+            seconds = {d: rehearsal.get("cell_s", 0) for d in seconds}
+        unit = Unit(**{**entry, "attacks": tuple(entry["attacks"]), "groups": groups, "model_s": model_s,
+                       "profile": profile or entry["profile"],
+                       "group_s": tuple(data.get("start_s", 0) + sum(seconds[d] for d in g) for g in groups)})
+        units.append(dataclasses.replace(unit, models=models_of(unit)))
     return units
+
+
+def _spec(unit, **request):
+    """The unit's rows and networks as a checked run (its clean data aside: the models do not depend on it)."""
+    from .spec import RunSpec
+    return RunSpec.build(unit.table, unit.profile, attacks=list(unit.attacks), defenses=list(unit.defenses),
+                         model=unit.model, log=lambda *_: None, **request)
+
+
+def models_of(unit) -> tuple:
+    """The models ``unit``'s cells use, each as the JSON of what the training cache keys it by (short of the
+    data): two units of one command with the same entry share one model, trained once."""
+    from .cells import snapshot_every
+    from .profiles import training_settings
+    spec = _spec(unit)
+    return tuple(json.dumps([attack, seed, training_settings(spec.recipe(network), attack),
+                             snapshot_every(spec.table, spec.recipe(network))], sort_keys=True, default=str)
+                 for network in spec.networks for seed in range(spec.seeds) for attack in spec.attacks)
+
+
+def _folder(model):
+    return json.dumps(json.loads(model)[:3], sort_keys=True)  # the cache folder: snapshots or not, one model
+
+
+def job_seconds(job):
+    unit, group = job
+    return unit.model_s if group == MODEL else unit.group_s[group]
+
+
+def to_start(jobs, free, ready) -> list:
+    """The runner's rule for what to start: in queue order, up to ``free`` of the admitted ``jobs`` ((unit,
+    group) pairs), a unit's groups only once every model it uses is trained (in ``ready``)."""
+    chosen = []
+    for unit, group in jobs:
+        if len(chosen) >= free:
+            break
+        if group == MODEL or set(unit.models) <= ready:
+            chosen.append((unit, group))
+    return chosen
+
+
+def ends(jobs, processes, now=0.0, running=(), ready=()) -> dict:
+    """By the estimates, when each unit's last job ends, ``to_start`` played forward from ``now``: ``jobs``
+    admitted and not yet started, ``running`` ((expected end, job) pairs), ``ready`` the models trained.
+    A unit whose groups can never start (no job trains their model) ends at infinity."""
+    pending, running, ready, last = list(jobs), sorted(running, key=lambda r: r[0]), set(ready), {}
+    while pending or running:
+        for job in to_start(pending, processes - len(running), ready):
+            pending.remove(job)
+            running.append((now + job_seconds(job), job))
+        if not running:
+            break
+        running.sort(key=lambda r: r[0])
+        now, (unit, group) = running.pop(0)
+        ready |= set(unit.models) if group == MODEL else set()
+        last[unit.id] = max(last.get(unit.id, now), now)
+    last.update({unit.id: float("inf") for unit, _ in pending})
+    return last
+
+
+class Schedule:
+    """Which units a command runs and when their jobs start, by the estimates: the runner drives it with the
+    clock and its processes, :func:`plan_commands` with the estimates alone (so the plan is the runner's rule).
+
+    A unit is admitted only if, with it, every admitted unit still ends within the budget; its jobs are its
+    model's (unless an admitted unit trains the same models) and its groups'.  Re-admitting as jobs end lets a
+    unit in when the others turn out faster than their estimates."""
+
+    def __init__(self, units, budget, processes):
+        self.units, self.budget, self.processes = list(units), budget, processes
+        self.order = {unit.id: i for i, unit in enumerate(self.units)}
+        self.admitted, self.waiting = [], []  # units admitted; their jobs not yet started, in queue order
+        self.training, self.ready = set(), set()  # models a job of this command trains; those trained
+
+    def admit(self, now, running=()) -> list:
+        """Admit, in queue order, each unit that fits; ``running``: (started at, job) pairs.  Returns the units
+        that do not fit now."""
+        under_way = [(max(began + job_seconds(job), now + 1.0), job) for began, job in running]
+        unfit = []
+        for unit in self.units:
+            if unit in self.admitted:
+                continue
+            folders = {_folder(m): m for m in self.training}
+            if any(folders.get(_folder(m), m) != m for m in unit.models):
+                unfit.append(unit)  # the same model with snapshots and without: not in one command
+                continue
+            jobs = [(unit, MODEL)] if not set(unit.models) <= self.training else []
+            jobs += [(unit, group) for group in range(len(unit.groups))]
+            waiting = sorted(self.waiting + jobs, key=lambda job: (self.order[job[0].id], job[1]))
+            if max(ends(waiting, self.processes, now, under_way, self.ready).values()) <= self.budget:
+                self.admitted.append(unit)
+                self.waiting = waiting
+                self.training |= set(unit.models)
+            else:
+                unfit.append(unit)
+        return unfit
+
+    def start(self, free) -> list:
+        chosen = to_start(self.waiting, free, self.ready)
+        for job in chosen:
+            self.waiting.remove(job)
+        return chosen
+
+    def trained(self, unit, ok):
+        """``unit``'s model job ended: its models are ready, or (``ok`` false) the units that need them are dropped."""
+        if ok:
+            self.ready |= set(unit.models)
+            return []
+        dropped = [u for u in self.admitted if set(u.models) & set(unit.models)]
+        self.waiting = [job for job in self.waiting if job[0] not in dropped]
+        return dropped
+
+
+def plan_commands(units, budget=540.0, processes=8) -> tuple:
+    """What the runner would do with ``units`` if every job took its estimate: the units each command of
+    ``budget`` seconds would finish, in order, and the units no command finishes (over the budget alone)."""
+    commands, pending = [], list(units)
+    while pending:
+        schedule, running, now = Schedule(pending, budget, processes), [], 0.0
+        schedule.admit(now)
+        while True:
+            running += [(now + job_seconds(job), job) for job in schedule.start(processes - len(running))]
+            if not running:
+                break
+            running.sort(key=lambda r: r[0])
+            now, (unit, group) = running.pop(0)
+            if group == MODEL:
+                schedule.trained(unit, True)
+            schedule.admit(now, [(end - job_seconds(job), job) for end, job in running])
+        done = [u.id for u in schedule.admitted]
+        if not done:
+            break
+        commands.append(done)
+        pending = [u for u in pending if u.id not in done]
+    return commands, [u.id for u in pending]
 
 
 def _run_kwargs(unit, defenses):
@@ -112,8 +273,20 @@ def is_done(unit, results=None) -> bool:
 
 
 def run_group(unit, group, out, device="auto", data_root=None, cache_dir=None):
-    """One group of a unit's columns, here (the job a runner's process runs)."""
+    """One group of a unit's columns, or (``group == MODEL``) its models trained into the cache, here (the job a
+    runner's process runs)."""
     from .experiment import run_table
+    if group == MODEL:
+        from .cells import snapshot_every, train_row_model
+        from .devices import cpu_threads, resolve_device
+        spec, device = _spec(unit, data_root=data_root, cache_dir=cache_dir), resolve_device(device)
+        with cpu_threads(spec.profile.threads if device == "cpu" else None):  # as run_table's cells
+            for network in spec.networks:
+                prof = spec.recipe(network)
+                for seed in range(spec.seeds):
+                    for attack in spec.attacks:
+                        train_row_model(prof, attack, seed, device, data_root, cache_dir, snapshot_every(spec.table, prof))
+        return
     run_table(unit.table, unit.profile, device=device, data_root=data_root, cache_dir=cache_dir,
               output_dir=Path(out) / unit.table / unit.profile, progress=False, workers=1,
               **_run_kwargs(unit, unit.groups[group]))
@@ -146,53 +319,7 @@ def missing_packages(unit) -> list:
     return [name for name in needs if importlib.util.find_spec(name) is None]
 
 
-def startable(jobs, free, now, budget, started) -> tuple:
-    """The runner's rule for what to start, in one place: in queue order, up to ``free`` of the ``jobs``
-    ((unit, group) pairs); a unit not yet ``started`` only if its estimate fits in what is left of the
-    budget (a smaller unit further down may).  Returns (the jobs to start, the units that did not fit)."""
-    chosen, unfit, starting = [], [], set(started)
-    for unit, group in jobs:
-        if len(chosen) >= free:
-            break
-        if unit.id not in starting and now + unit.estimate_s > budget:
-            if unit not in unfit:
-                unfit.append(unit)
-            continue
-        starting.add(unit.id)
-        chosen.append((unit, group))
-    return chosen, unfit
-
-
-def plan_commands(units, budget=540.0, processes=4) -> tuple:
-    """What the runner would do with ``units`` by the estimates alone, every group of a unit taking the unit's
-    estimate: the units each command of ``budget`` seconds would finish, in order, and the units no command
-    finishes (an estimate over the budget).  An estimate is wall seconds with the runner's usual company on
-    the GPU, so a plan with many more processes than the estimates were measured with is optimistic."""
-    commands, pending = [], list(units)
-    while pending:
-        jobs = [(u, g) for u in pending for g in range(len(u.groups))]
-        running, started, finished, now = [], set(), {}, 0.0
-        while True:
-            chosen, _ = startable(jobs, processes - len(running), now, budget, started) if now < budget else ([], [])
-            for unit, group in chosen:
-                jobs.remove((unit, group))
-                started.add(unit.id)
-                running.append((now + unit.estimate_s, unit.id))
-            if not running:
-                break
-            running.sort()
-            now, unit_id = running.pop(0)
-            if now <= budget:  # past it, the runner kills the group
-                finished[unit_id] = finished.get(unit_id, 0) + 1
-        done = [u.id for u in pending if finished.get(u.id, 0) == len(u.groups)]
-        if not done:
-            break
-        commands.append(done)
-        pending = [u for u in pending if u.id not in done]
-    return commands, [u.id for u in pending]
-
-
-def run(units, out, budget=540.0, processes=4, device="auto", data_root=None, cache_dir=None, results=None,
+def run(units, out, budget=540.0, processes=8, device="auto", data_root=None, cache_dir=None, results=None,
         log=print) -> dict:
     """Run the queue's units not yet done, as many as fit in ``budget`` seconds; return the summary."""
     start = time.time()
@@ -206,43 +333,46 @@ def run(units, out, budget=540.0, processes=4, device="auto", data_root=None, ca
         log(f"[0 s] {unit_id} left: needs {', '.join(names)}, missing here")
     log(f"[{time.time() - start:.0f} s] {len(done_before)} units already recorded, {len(pending)} to do; budget "
         f"{budget:.0f} s, {processes} processes")
-    jobs = [(u, i) for u in pending for i in range(len(u.groups))]
-    started_units, running, results_of = {}, {}, {u.id: [] for u in pending}
+    schedule, running, results_of = Schedule(pending, budget, processes), {}, {u.id: [] for u in pending}
     env = {**os.environ, "PURILIB_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
     if cache_dir:
         env["PURILIB_CACHE_DIR"] = str(cache_dir)
     queue_file = work / "queue.json"
     queue_file.write_text(json.dumps([dataclasses.asdict(u) for u in pending]))
     (work / "logs").mkdir()
-    # stopped from outside (SIGTERM, Ctrl-C): the groups running are stopped, what they finished is packed
+
+    def name(unit, group):
+        return "its model" if group == MODEL else f"group {group + 1}/{len(unit.groups)}"
+
+    # stopped from outside (SIGTERM, Ctrl-C): the jobs running are stopped, what they finished is packed
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() \
         else None
     try:
-        told, failures = set(), 0  # units said not to fit; groups in a row that failed at once
-        while jobs or running:
+        told, failures, changed = set(), 0, True  # units said not to fit; jobs in a row that failed at once
+        while True:
             now = time.time() - start
-            chosen, unfit = startable(jobs, processes - len(running), now, budget, started_units) \
-                if now < budget and failures < FAIL_FAST else ([], [])
-            for unit in unfit:
-                if unit.id not in told:
-                    told.add(unit.id)
-                    log(f"[{now:.0f} s] {unit.id}: ~{unit.estimate_s} s does not fit in the {budget - now:.0f} s left")
-            for job in chosen:
-                unit, group = job
-                jobs.remove(job)
-                started_units.setdefault(unit.id, now)
+            open_ = now < budget and failures < FAIL_FAST
+            if open_ and changed:  # admit what now fits, by the estimates
+                unfit = [u.id for u in schedule.admit(now, [(began, job) for job, began, _ in running.values()])
+                         if u.id not in told]
+                if unfit:
+                    told.update(unfit)
+                    log(f"[{now:.0f} s] by the estimates, {len(unfit)} units do not fit beside the rest in the "
+                        f"{budget - now:.0f} s left: {', '.join(unfit[:6])}{' ...' if len(unfit) > 6 else ''}")
+                changed = False
+            for unit, group in schedule.start(processes - len(running) if open_ else 0):
                 command = [sys.executable, "-m", "purilib.campaign", "group", str(queue_file), unit.id, str(group),
                            "--out", str(work), "--device", device] + (["--data-root", str(data_root)] if data_root else [])
-                logfile = open(work / "logs" / f"{unit.id}.{group}.log", "w")
+                logfile = open(work / "logs" / f"{unit.id}.{'model' if group == MODEL else group}.log", "w")
                 process = subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT, env=env)
-                running[process] = (unit, group, now, logfile)
-                log(f"[{now:.0f} s] started {unit.id} group {group + 1}/{len(unit.groups)}: "
-                    f"{', '.join(unit.groups[group])}")
+                running[process] = ((unit, group), now, logfile)
+                log(f"[{now:.0f} s] started {unit.id} {name(unit, group)}"
+                    + ("" if group == MODEL else f": {', '.join(unit.groups[group])}"))
             if not running:
-                break  # nothing left that fits
+                break  # nothing admitted is left, or nothing more fits
             time.sleep(0.5)
             now = time.time() - start
-            for process, (unit, group, began, logfile) in list(running.items()):
+            for process, ((unit, group), began, logfile) in list(running.items()):
                 code = process.poll()
                 if code is None and now < budget:
                     continue
@@ -252,27 +382,33 @@ def run(units, out, budget=540.0, processes=4, device="auto", data_root=None, ca
                     code = "killed at the budget"
                 logfile.close()
                 del running[process]
-                results_of[unit.id].append((group, code, round(now - began, 1)))
-                log(f"[{now:.0f} s] {unit.id} group {group + 1}/{len(unit.groups)}: exit {code} after {now - began:.0f} s")
+                changed = True
+                results_of[unit.id].append(("model" if group == MODEL else group, code, round(now - began, 1)))
+                log(f"[{now:.0f} s] {unit.id} {name(unit, group)}: exit {code} after {now - began:.0f} s")
                 if code not in (0, "killed at the budget"):
-                    tail = (work / "logs" / f"{unit.id}.{group}.log").read_text(errors="replace").strip()
+                    tail = (work / "logs" / f"{unit.id}.{'model' if group == MODEL else group}.log").read_text(
+                        errors="replace").strip()
                     log("    " + "\n    ".join(tail.splitlines()[-3:]))
-                # a broken install fails every group within seconds: stop before it empties the queue
+                if group == MODEL:
+                    for other in schedule.trained(unit, code == 0):
+                        log(f"[{now:.0f} s] {other.id}: its model was not trained; its groups will not start")
+                # a broken install fails every job within seconds: stop before it empties the queue
                 failures = failures + 1 if code not in (0, "killed at the budget") and now - began < 60 else 0
                 if failures == FAIL_FAST:
-                    log(f"[{now:.0f} s] {FAIL_FAST} groups in a row failed within a minute: starting no more")
+                    log(f"[{now:.0f} s] {FAIL_FAST} jobs in a row failed within a minute: starting no more")
                 pack(work, cache_dir, out / "records.tar.gz")
     except KeyboardInterrupt:
-        log(f"[{time.time() - start:.0f} s] interrupted: stopping {len(running)} groups")
-        for process, (unit, group, began, logfile) in running.items():
+        log(f"[{time.time() - start:.0f} s] interrupted: stopping {len(running)} jobs")
+        for process, ((unit, group), began, logfile) in running.items():
             process.kill()
             process.wait()
             logfile.close()
-            results_of[unit.id].append((group, "interrupted", round(time.time() - start - began, 1)))
+            results_of[unit.id].append(("model" if group == MODEL else group, "interrupted",
+                                        round(time.time() - start - began, 1)))
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    finished = [u.id for u in pending if len(results_of[u.id]) == len(u.groups)
+    finished = [u.id for u in pending if sum(g != "model" for g, _, _ in results_of[u.id]) == len(u.groups)
                 and all(code == 0 for _, code, _ in results_of[u.id])]
     partial = [u.id for u in pending if results_of[u.id] and u.id not in finished]
     left = [u.id for u in pending if not results_of[u.id]] + list(unable)
@@ -437,7 +573,7 @@ def _main(argv=None):
         p.add_argument("--results", default=None)
     go.add_argument("--out", required=True)
     go.add_argument("--budget", type=float, default=540.0)
-    go.add_argument("--processes", type=int, default=4)
+    go.add_argument("--processes", type=int, default=8)
     go.add_argument("--device", default="auto")
     go.add_argument("--data-root", default=None)
     go.add_argument("--cache-dir", default=None)
@@ -453,7 +589,7 @@ def _main(argv=None):
     planning.add_argument("--results", default=None)
     planning.add_argument("--select", default="", help="only the units whose id starts so (e.g. t1-gpu-)")
     planning.add_argument("--budget", type=float, default=540.0)
-    planning.add_argument("--processes", type=int, default=8)  # gpu_session.sh's
+    planning.add_argument("--processes", type=int, default=8)
     back = sub.add_parser("unpack", help="bring a run's records.tar.gz into results/ and render what it touched")
     back.add_argument("archive")
     back.add_argument("--results", default=None)
@@ -462,7 +598,8 @@ def _main(argv=None):
     if args.command == "group":
         units = {u["id"]: u for u in json.loads(Path(args.queue_json).read_text())}
         entry = units[args.unit]
-        unit = Unit(**{**entry, "attacks": tuple(entry["attacks"]), "groups": tuple(map(tuple, entry["groups"]))})
+        unit = Unit(**{**entry, "attacks": tuple(entry["attacks"]), "groups": tuple(map(tuple, entry["groups"])),
+                       "group_s": tuple(entry["group_s"]), "models": tuple(entry["models"])})
         run_group(unit, args.group, args.out, device=args.device, data_root=args.data_root)
         return 0
     if args.command == "unpack":
@@ -485,9 +622,9 @@ def _main(argv=None):
             left += 0 if done else u.estimate_s
             print(f"{'done' if done else '    '}  {u.id:<34} {u.table}/{u.profile} {','.join(u.attacks)}"
                   f"{' ' + u.model if u.model else ''}{f' {u.clean_per_class}/class' if u.clean_per_class else ''}"
-                  f"  ~{u.estimate_s} s")
-        print(f"{sum(not is_done(u, args.results) for u in units)} of {len(units)} units left, ~{left} s of GPU "
-              "time estimated (shared by the runner's processes)")
+                  f"  ~{u.estimate_s:.0f} s")
+        print(f"{sum(not is_done(u, args.results) for u in units)} of {len(units)} units left, ~{left:.0f} "
+              "process-seconds by the estimates (models and groups; the runner runs several processes at once)")
         return 0
     run(units, args.out, budget=args.budget, processes=args.processes, device=args.device,
         data_root=args.data_root, cache_dir=args.cache_dir, results=args.results)

@@ -88,14 +88,18 @@ def snapshot_every(table, prof):
     return prof.history["every"] if "history" in table.measures else None
 
 
+def train_row_model(prof, attack_name, seed, device, data_root=None, cache_dir=None, snapshots=None) -> tuple:
+    """The row's model, trained by the profile's recipe (or loaded from the cache): ``(model, manifest)``."""
+    return train_backdoored_model(attack=attack_name, seed=seed, device=device, data_root=data_root,
+                                  cache_dir=cache_dir, snapshot_every=snapshots, **training_settings(prof, attack_name))
+
+
 def prepare_row(prof, attack_name, seed, clean_per_class, device, data_root=None, cache_dir=None,
                 snapshots=None) -> Row:
     """Train (or load from cache) the row's model (keeping a snapshot every ``snapshots`` epochs); its
     clean subset and test set (its metrics before defense, ``Row.before``, are measured when a computed
     cell first needs them)."""
-    model, manifest = train_backdoored_model(attack=attack_name, seed=seed, device=device, data_root=data_root,
-                                             cache_dir=cache_dir, snapshot_every=snapshots,
-                                             **training_settings(prof, attack_name))
+    model, manifest = train_row_model(prof, attack_name, seed, device, data_root, cache_dir, snapshots)
     data = load_training_data(manifest["config"], data_root, cache_dir, device)
     restore_attack(data.attack, manifest, cache_dir)
     return Row(attack_name, model, manifest, data.attack, data.train, data.reserved, data.poison_idx, clean_per_class,

@@ -9,13 +9,17 @@ import pytest
 from purilib import campaign
 
 QUEUE = '''
+start_s = 1
+model_s = { gpu = 5 }
+rehearsal = { model_s = 5, cell_s = 1 }
+seconds = { "No defense" = 1, FT = 1, NFT = 1, NGF = 1, released = 1 }
+
 [[unit]]
 id = "t1-BadNets"
 table = "nft-table1"
 profile = "gpu"
 attacks = ["BadNets"]
 groups = [["No defense", "FT"], ["NFT"]]
-estimate_s = 5
 
 [[unit]]
 id = "too-long"
@@ -23,7 +27,7 @@ table = "nft-table1"
 profile = "gpu"
 attacks = ["Blend"]
 groups = [["No defense"]]
-estimate_s = 100000
+model_s = 100000
 
 [[unit]]
 id = "study-resnet18"
@@ -31,7 +35,6 @@ table = "nft-study"
 profile = "gpu"
 attacks = ["BadNets"]
 groups = [["No defense", "released"]]
-estimate_s = 5
 model = "resnet18"
 
 [[unit]]
@@ -40,7 +43,6 @@ table = "defenses"
 profile = "gpu"
 attacks = ["BadNets"]
 groups = [["No defense", "NGF"]]
-estimate_s = 5
 '''
 
 
@@ -48,7 +50,12 @@ def test_the_committed_queue_names_only_rows_and_columns_its_tables_have():
     units = campaign.load_queue()
     assert len(units) > 50 and len({u.id for u in units}) == len(units)
     assert units[0].profile == "paper" and units[0].table == "nft-study"  # the protocols issue's first
-    assert all(u.estimate_s > 0 and u.groups for u in units)
+    assert all(u.model_s > 0 and len(u.group_s) == len(u.groups) and u.models for u in units)
+    # the same row of two tables is one model (trained once in a command); FIP Figure 1's keeps snapshots
+    models = {u.id: u.models for u in units}
+    assert models["t1-gpu-BadNets"] == models["defenses-gpu-BadNets"] == models["fip-table6-gpu-BadNets"]
+    assert models["t1-gpu-BadNets"] != models["t1-gpu-Blend"] and models["t1-gpu-BadNets"] != models["t1-paper-BadNets"]
+    assert models["fip-figure1-gpu-BadNets"] != models["t1-gpu-BadNets"]
 
 
 def test_a_bad_queue_is_refused_in_one_line(tmp_path):
@@ -58,6 +65,9 @@ def test_a_bad_queue_is_refused_in_one_line(tmp_path):
         campaign.load_queue(path)
     path.write_text(QUEUE.replace('id = "too-long"', 'id = "t1-BadNets"'))
     with pytest.raises(ValueError, match="used twice"):
+        campaign.load_queue(path)
+    path.write_text(QUEUE.replace('NGF = 1, ', ''))
+    with pytest.raises(ValueError, match=r"no estimate \(seconds\) for NGF"):
         campaign.load_queue(path)
 
 
@@ -71,6 +81,9 @@ def test_the_runner_skips_what_is_recorded_stops_at_the_budget_and_brings_back_r
     summary = campaign.run(units, out, budget=300, processes=2, device="cpu", results=results, log=lines.append)
     assert summary["finished"] == ["t1-BadNets", "study-resnet18", "defenses-BadNets"]
     assert summary["left"] == ["too-long"]
+    # the defenses table's BadNets row is the same model as nft-table1's: trained once, by one job
+    trainers = [line.split("started ")[1] for line in lines if "started" in line and "its model" in line]
+    assert trainers == ["t1-BadNets its model", "study-resnet18 its model"]
     assert summary["cells"] == 7 and json.loads((out / "campaign.json").read_text())["finished"] == summary["finished"]
     with tarfile.open(out / "records.tar.gz") as tar:
         names = tar.getnames()
@@ -113,7 +126,7 @@ def test_the_runner_skips_what_is_recorded_stops_at_the_budget_and_brings_back_r
     stopped = campaign.run([units[1]], tmp_path / "out3", budget=1.0, processes=1, device="cpu", results=results,
                            log=lines.append)
     assert stopped["left"] == ["too-long"]  # its estimate does not fit: never started
-    short = [campaign.Unit(**{**units[1].__dict__, "estimate_s": 0})]
+    short = [campaign.Unit(**{**units[1].__dict__, "model_s": 0, "group_s": (0,)})]
     stopped = campaign.run(short, tmp_path / "out4", budget=1.0, processes=1, device="cpu", results=results,
                            log=lines.append)
     assert stopped["partial"] == ["too-long"] and stopped["groups"]["too-long"][0][1] == "killed at the budget"
@@ -154,14 +167,31 @@ def test_a_runner_stopped_from_outside_stops_its_groups_and_still_packs(tmp_path
 
 
 def test_the_plan_follows_the_runners_rule_for_what_to_start():
-    def unit(name, groups, estimate):
+    def unit(name, model, groups=2, model_s=50, group_s=50, snapshots=None):  # model: the row's, as models_of
         return campaign.Unit(id=name, table="nft-table1", profile="gpu", attacks=("BadNets",),
-                             groups=tuple(("FT",) for _ in range(groups)), estimate_s=estimate)
-    a, b, huge = unit("a", 2, 100), unit("b", 2, 100), unit("huge", 1, 1000)
-    # two processes: b waits for a's slots, and then no longer fits in the 150 s of the command
-    assert campaign.plan_commands([a, b, huge], budget=150, processes=2) == ([["a"], ["b"]], ["huge"])
-    assert campaign.plan_commands([a, b], budget=150, processes=4) == ([["a", "b"]], [])
-    # three processes: b's second group starts only when a ends, and would be killed at the budget
-    assert campaign.plan_commands([a, b], budget=150, processes=3) == ([["a"], ["b"]], [])
-    chosen, unfit = campaign.startable([(huge, 0), (a, 0), (a, 1)], free=1, now=0, budget=150, started=set())
-    assert chosen == [(a, 0)] and unfit == [huge]  # a smaller unit further down goes first
+                             groups=tuple(("FT",) for _ in range(groups)), model_s=model_s,
+                             group_s=(group_s,) * groups, models=(json.dumps([model, 0, {}, snapshots]),))
+    a, b, huge = unit("a", "A"), unit("b", "B"), unit("huge", "H", model_s=1000)
+    # models first: while a's and b's models train, no process waits on a lock; then their groups
+    assert campaign.plan_commands([a, b, huge], budget=150, processes=2) == ([["a", "b"]], ["huge"])
+    assert campaign.plan_commands([a, b], budget=149, processes=2) == ([["a"], ["b"]], [])
+    # a row of another table on the same model trains nothing: one process runs a and it in 250 s
+    shared, own = unit("shared", "A"), unit("own", "C")
+    assert campaign.plan_commands([a, shared], budget=250, processes=1) == ([["a", "shared"]], [])
+    assert campaign.plan_commands([a, own], budget=250, processes=1) == ([["a"], ["own"]], [])
+    # a smaller unit further down goes in where a larger one does not fit
+    big = unit("big", "D", model_s=200)
+    assert campaign.plan_commands([a, big, own], budget=300, processes=1) == ([["a", "own"], ["big"]], [])
+    # a model with snapshots and the same one without share a cache folder: never in one command
+    plain, history = unit("plain", "P"), unit("history", "P", snapshots=2)
+    assert campaign.plan_commands([plain, history], budget=1000, processes=4) == ([["plain"], ["history"]], [])
+    schedule = campaign.Schedule([a, shared], budget=250, processes=1)
+    assert schedule.admit(0) == [] and schedule.start(1) == [(a, campaign.MODEL)]
+    assert schedule.start(1) == []  # a's groups (and shared's) wait for its model
+    schedule.trained(a, ok=True)
+    assert schedule.start(2) == [(a, 0), (a, 1)]
+    # a model that failed to train: the units that use it are dropped, their groups never start
+    failed = campaign.Schedule([a, shared], budget=250, processes=1)
+    failed.admit(0)
+    assert failed.start(1) == [(a, campaign.MODEL)] and failed.trained(a, ok=False) == [a, shared]
+    assert failed.start(4) == []
