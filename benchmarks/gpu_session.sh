@@ -13,8 +13,8 @@
 # records.tar.gz (rewritten after every group: a command killed at its limit still brings back each finished
 # cell), logs.tar.gz, gpu_util.csv (nvidia-smi's GPU utilisation and memory every 5 s: is the GPU busy with
 # PROCESSES processes, or would more fill it?  issue 23's throughput question); with SPEED_SECONDS=N the last
-# N seconds time the defense loops (gpu_speed.jsonl: reference, current and the opt-in compiled loop,
-# SPEED_DEFENSES, default NFT,FT-SAM,ANP,AWM).
+# N seconds time, in fp32, the training step at batch 128 and the defense loops (gpu_speed.jsonl: reference,
+# current and the opt-in compiled loop, SPEED_DEFENSES, default NFT,FT-SAM,ANP,AWM).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to a folder for the results}"
@@ -40,7 +40,9 @@ speed=${SPEED_SECONDS:-0}  # seconds kept at the end for gpu_speed.py on the def
   --device "$device" ${PROFILE:+--profile "$PROFILE"} 2>&1 | tee "$OUT/session.log"
 status=$?
 if [ "$speed" -gt 0 ]; then
-  timeout "$speed" "$python" benchmarks/gpu_speed.py --device "$device" --batch-sizes "" --defenses "${SPEED_DEFENSES:-NFT,FT-SAM,ANP,AWM}" \
+  # fp32, as the gpu profile's defenses run and the paper profile's models train (its 250 epochs alone: the
+  # step's milliseconds x 97,750 steps; campaign.toml's paper model_s is an extrapolation until then)
+  timeout "$speed" "$python" benchmarks/gpu_speed.py --device "$device" --bf16 0 --batch-sizes 128 --defenses "${SPEED_DEFENSES:-NFT,FT-SAM,ANP,AWM}" \
     --defense-steps "${SPEED_STEPS:-1000}" --out "$OUT/gpu_speed.jsonl" >> "$OUT/session.log" 2>&1
 fi
 if [ -n "$sampler" ]; then kill "$sampler" 2> /dev/null; fi

@@ -608,8 +608,13 @@ def _main(argv=None):
     if args.command == "plan":
         units = [u for u in load_queue(args.queue) if u.id.startswith(args.select) and not is_done(u, args.results)]
         commands, never = plan_commands(units, args.budget, args.processes)
+        by_id = {u.id: u for u in units}
         for i, ids in enumerate(commands, 1):
-            print(f"command {i}: {', '.join(ids)}")
+            trained, models = set(), 0  # a unit whose models another of the command trains trains none
+            for unit_id in ids:
+                models += not trained.issuperset(by_id[unit_id].models)
+                trained |= set(by_id[unit_id].models)
+            print(f"command {i} ({models} model jobs): {', '.join(ids)}")
         print(f"{len(units)} units left{f' starting {args.select!r}' if args.select else ''}: {len(commands)} "
               f"commands of {args.budget:.0f} s at {args.processes} processes, by the estimates"
               + (f"; never finished (over the budget): {', '.join(never)}" if never else ""))
