@@ -172,7 +172,8 @@ def ends(jobs, processes, now=0.0, running=(), ready=()) -> dict:
             break
         running.sort(key=lambda r: r[0])
         now, (unit, group) = running.pop(0)
-        ready |= set(unit.models) if group == MODEL else set()
+        if group == MODEL:
+            ready |= set(unit.models)
         last[unit.id] = max(last.get(unit.id, now), now)
     last.update({unit.id: float("inf") for unit, _ in pending})
     return last
