@@ -5,12 +5,12 @@
 # what N would finish by the queue's estimates, which were measured with 4 to 7 processes).
 #
 #   here, once:    echo /.gpu-data/ >> .git/info/exclude; mkdir -p .gpu-data; cp ../shared/data/cifar10-jpeg.tar.gz .gpu-data/
-#   rehearse:      OUT=/tmp/out PURILIB_DATA_ROOT=$PWD/.gpu-data PROFILE=smoke bash benchmarks/gpu_session.sh 120 cpu
+#   rehearse:      OUT=/tmp/out PURILIB_DATA_ROOT=$PWD/.gpu-data PROFILE=smoke PROCESSES=2 bash benchmarks/gpu_session.sh 150 cpu
 #   on the device: OUT=$OUT PURILIB_DATA_ROOT=$PWD/.gpu-data bash benchmarks/gpu_session.sh 540   (carry .gpu-data)
 #   back here:     .venv/bin/python -m purilib.campaign unpack <files>/records.tar.gz   (renders every touched table)
 #
 # $OUT gets 6 plain files (the device tool brings back at most 8): gpu.txt, session.log, campaign.json,
-# records.tar.gz (rewritten after every group: a command killed at its limit still brings back each finished
+# records.tar.gz (rewritten after every job: a command killed at its limit still brings back each finished
 # cell), logs.tar.gz, gpu_util.csv (nvidia-smi's GPU utilisation and memory every 5 s: is the GPU busy with
 # PROCESSES processes, or would more fill it?  issue 23's throughput question); with SPEED_SECONDS=N the last
 # N seconds time, in fp32, the training step at batch 128 and the defense loops (gpu_speed.jsonl: reference,
