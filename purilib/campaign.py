@@ -22,7 +22,8 @@ model is in the cache.  No process waits on another's lock: while models train, 
 touched table rendered from its records (``./reproduce.sh TABLE --from-records``, papermill), the results
 index refreshed.  ``python -m purilib.campaign list``: the queue, each unit done or not, the estimate of
 what is left; ``plan [--select t1-gpu-] [--processes N]``: what the runner would do with the units left if
-every job took its estimate (the same :class:`Schedule`).  ``--profile smoke --device cpu`` runs the same
+every job took its estimate (the same :class:`Schedule`); ``estimates DIR/campaign.json``: each job of a run,
+its seconds beside its estimate (to correct the queue's).  ``--profile smoke --device cpu`` runs the same
 logic on this machine (the rehearsal the tests run).
 """
 import argparse
@@ -256,6 +257,20 @@ def plan_commands(units, budget=540.0, processes=8) -> tuple:
     return commands, [u.id for u in pending]
 
 
+def against_estimates(summary, units) -> list:
+    """Each job a run's ``campaign.json`` records, its wall seconds beside the queue's estimate (what to put
+    in campaign.toml once a GPU has run it): one dict per job."""
+    by_id, rows = {u.id: u for u in units}, []
+    for unit_id, jobs in summary["groups"].items():
+        unit = by_id.get(unit_id)
+        for group, code, seconds in jobs if unit else ():
+            model = group == "model"
+            rows.append({"unit": unit_id, "job": "model" if model else f"group {group + 1}",
+                         "columns": "" if model else ", ".join(unit.groups[group]),
+                         "estimate_s": unit.model_s if model else unit.group_s[group], "seconds": seconds, "exit": code})
+    return rows
+
+
 def _run_kwargs(unit, defenses):
     return dict(attacks=list(unit.attacks), defenses=list(defenses), model=unit.model,
                 clean_per_class=unit.clean_per_class)
@@ -352,8 +367,8 @@ def run(units, out, budget=540.0, processes=8, device="auto", data_root=None, ca
         told, failures, changed = set(), 0, True  # units said not to fit; jobs in a row that failed at once
         while True:
             now = time.time() - start
-            open_ = now < budget and failures < FAIL_FAST
-            if open_ and changed:  # admit what now fits, by the estimates
+            accepting = now < budget and failures < FAIL_FAST
+            if accepting and changed:  # admit what now fits, by the estimates
                 unfit = [u.id for u in schedule.admit(now, [(began, job) for job, began, _ in running.values()])
                          if u.id not in told]
                 if unfit:
@@ -361,7 +376,7 @@ def run(units, out, budget=540.0, processes=8, device="auto", data_root=None, ca
                     log(f"[{now:.0f} s] by the estimates, {len(unfit)} units do not fit beside the rest in the "
                         f"{budget - now:.0f} s left: {', '.join(unfit[:6])}{' ...' if len(unfit) > 6 else ''}")
                 changed = False
-            for unit, group in schedule.start(processes - len(running) if open_ else 0):
+            for unit, group in schedule.start(processes - len(running) if accepting else 0):
                 command = [sys.executable, "-m", "purilib.campaign", "group", str(queue_file), unit.id, str(group),
                            "--out", str(work), "--device", device] + (["--data-root", str(data_root)] if data_root else [])
                 logfile = open(work / "logs" / f"{unit.id}.{'model' if group == MODEL else group}.log", "w")
@@ -591,6 +606,10 @@ def _main(argv=None):
     planning.add_argument("--select", default="", help="only the units whose id starts so (e.g. t1-gpu-)")
     planning.add_argument("--budget", type=float, default=540.0)
     planning.add_argument("--processes", type=int, default=8)
+    measured = sub.add_parser("estimates", help="a run's jobs (its campaign.json): seconds beside the estimates")
+    measured.add_argument("summary")
+    measured.add_argument("--queue", default=None)
+    measured.add_argument("--profile", default=None, help="the profile the run was given (smoke: a rehearsal)")
     back = sub.add_parser("unpack", help="bring a run's records.tar.gz into results/ and render what it touched")
     back.add_argument("archive")
     back.add_argument("--results", default=None)
@@ -605,6 +624,16 @@ def _main(argv=None):
         return 0
     if args.command == "unpack":
         unpack(args.archive, args.results, render=not args.no_render)
+        return 0
+    if args.command == "estimates":
+        rows = against_estimates(json.loads(Path(args.summary).read_text()), load_queue(args.queue, args.profile))
+        print("| unit | job | columns | estimate (s) | measured (s) | exit |\n|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['unit']} | {r['job']} | {r['columns']} | {r['estimate_s']:.0f} | {r['seconds']} | {r['exit']} |")
+        done = [r for r in rows if r["exit"] == 0]
+        if done:
+            print(f"{len(done)} jobs ended: {sum(r['seconds'] for r in done):.0f} s measured against "
+                  f"{sum(r['estimate_s'] for r in done):.0f} s estimated")
         return 0
     if args.command == "plan":
         units = [u for u in load_queue(args.queue) if u.id.startswith(args.select) and not is_done(u, args.results)]

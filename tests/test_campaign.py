@@ -84,6 +84,12 @@ def test_the_runner_skips_what_is_recorded_stops_at_the_budget_and_brings_back_r
     # the defenses table's BadNets row is the same model as nft-table1's: trained once, by one job
     trainers = [line.split("started ")[1] for line in lines if "started" in line and "its model" in line]
     assert trainers == ["t1-BadNets its model", "study-resnet18 its model"]
+    # each job's seconds beside its estimate: what a GPU run brings back to correct the queue's
+    jobs = campaign.against_estimates(summary, units)
+    assert sorted((j["unit"], j["job"]) for j in jobs) == [
+        ("defenses-BadNets", "group 1"), ("study-resnet18", "group 1"), ("study-resnet18", "model"),
+        ("t1-BadNets", "group 1"), ("t1-BadNets", "group 2"), ("t1-BadNets", "model")]
+    assert all(j["exit"] == 0 and j["seconds"] > 0 and j["estimate_s"] > 0 for j in jobs)
     assert summary["cells"] == 7 and json.loads((out / "campaign.json").read_text())["finished"] == summary["finished"]
     with tarfile.open(out / "records.tar.gz") as tar:
         names = tar.getnames()
