@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU command of the campaign (benchmarks/campaign.toml), on a lent machine with torch but no papermill:
-# the units not yet recorded in results/, as many as fit in SECONDS (default 540), PROCESSES at once (default 8,
-# the most the first H200 session ran beside each other; `python -m purilib campaign plan --processes N` says
-# what N would finish by the queue's estimates, which were measured with 4 to 7 processes).
+# the units not yet recorded in results/ (SELECT: only those whose id starts so, e.g. t1-gpu-), as many as fit
+# in SECONDS (default 540), PROCESSES at once (default 8, the most the first H200 session ran beside each other;
+# `python -m purilib campaign plan --processes N` says what N would finish by the queue's estimates, which were
+# measured with 4 to 7 processes).
 #
 #   here, once:    echo /.gpu-data/ >> .git/info/exclude; mkdir -p .gpu-data; cp ../shared/data/cifar10-jpeg.tar.gz .gpu-data/
 #   rehearse:      OUT=/tmp/out PURILIB_DATA_ROOT=$PWD/.gpu-data PROFILE=smoke PROCESSES=2 bash benchmarks/gpu_session.sh 150 cpu
@@ -37,7 +38,7 @@ fi
 left=$(( budget - ($(date +%s) - start) - 10 ))
 speed=${SPEED_SECONDS:-0}  # seconds kept at the end for gpu_speed.py on the defenses (reference, current, compiled)
 "$python" -m purilib.campaign run --out "$OUT" --budget "$(( left - speed ))" --processes "${PROCESSES:-8}" \
-  --device "$device" ${PROFILE:+--profile "$PROFILE"} 2>&1 | tee "$OUT/session.log"
+  --device "$device" ${PROFILE:+--profile "$PROFILE"} ${SELECT:+--select "$SELECT"} 2>&1 | tee "$OUT/session.log"
 status=$?
 if [ "$speed" -gt 0 ]; then
   # fp32, as the gpu profile's defenses run and the paper profile's models train (its 250 epochs alone: the

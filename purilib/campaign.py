@@ -587,6 +587,7 @@ def _main(argv=None):
         p.add_argument("--queue", default=None)
         p.add_argument("--profile", default=None, help="every unit on this profile (smoke: the CPU rehearsal)")
         p.add_argument("--results", default=None)
+        p.add_argument("--select", default="", help="only the units whose id starts so (e.g. t1-gpu-)")
     go.add_argument("--out", required=True)
     go.add_argument("--budget", type=float, default=540.0)
     go.add_argument("--processes", type=int, default=8)
@@ -649,7 +650,9 @@ def _main(argv=None):
               f"commands of {args.budget:.0f} s at {args.processes} processes, by the estimates"
               + (f"; never finished (over the budget): {', '.join(never)}" if never else ""))
         return 0
-    units = load_queue(args.queue, args.profile)
+    units = [u for u in load_queue(args.queue, args.profile) if u.id.startswith(args.select)]
+    if not units:
+        raise SystemExit(f"no unit of the queue starts with {args.select!r}")
     if args.command == "list":
         left = 0
         for u in units:

@@ -58,7 +58,7 @@ def test_the_committed_queue_names_only_rows_and_columns_its_tables_have():
     assert models["fip-figure1-gpu-BadNets"] != models["t1-gpu-BadNets"]
 
 
-def test_a_bad_queue_is_refused_in_one_line(tmp_path):
+def test_a_bad_queue_is_refused_in_one_line(tmp_path, capsys):
     path = tmp_path / "q.toml"
     path.write_text(QUEUE.replace('["NFT"]', '["MagicFix"]'))
     with pytest.raises(ValueError, match="nft-table1 has no column 'MagicFix'"):
@@ -66,6 +66,12 @@ def test_a_bad_queue_is_refused_in_one_line(tmp_path):
     path.write_text(QUEUE.replace('id = "too-long"', 'id = "t1-BadNets"'))
     with pytest.raises(ValueError, match="used twice"):
         campaign.load_queue(path)
+    path.write_text(QUEUE)
+    campaign._main(["list", "--queue", str(path), "--select", "t1-", "--results", str(tmp_path)])
+    listed = capsys.readouterr().out.splitlines()
+    assert "t1-BadNets" in listed[0] and listed[1].startswith("1 of 1 units left")
+    with pytest.raises(SystemExit, match="no unit of the queue starts with 'nope'"):
+        campaign._main(["list", "--queue", str(path), "--select", "nope", "--results", str(tmp_path)])
     path.write_text(QUEUE.replace('NGF = 1, ', ''))
     with pytest.raises(ValueError, match=r"no estimate \(seconds\) for NGF"):
         campaign.load_queue(path)
