@@ -6,7 +6,9 @@ set, and its metrics before defense, measured when a cell first needs them (``pr
 one), measures what the table asks for (sharpness, a trajectory, a spectrum, a training history), and
 writes the cell's record, atomically; a finished record is reused only when it was made from the same
 weights, code, clean data and settings.  The sequential runner (``experiment.run_table``) and the
-parallel one (``executor``) both go through here, so their records are the same.
+parallel one (``executor``) both go through here, so their records are the same; ``recorded_cells``
+gathers the records of cells made elsewhere (``--from-records``), checked against the same recipe and
+settings.
 """
 import dataclasses
 import functools
@@ -28,7 +30,7 @@ from .hessian import SHARPNESS_PROTOCOLS, authors_batch
 from .metrics import defense_effectiveness_rating, evaluate
 from .profiles import defense_overrides, training_settings
 from .provenance import code_version
-from .records import Record, read_record, write_record
+from .records import Record, read_record, weights, write_record
 from .training import load_training_data, restore_attack, train_backdoored_model
 
 
@@ -190,3 +192,36 @@ def run_cell(table, prof, attack_name, defense_name, seed, row, device, out, pro
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), load_average_1min=round(os.getloadavg()[0], 2),
         measured=as_json(measured))
     return write_record(path, record)
+
+
+def recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out):
+    """The records of the requested cells, checked against the recipe and the settings they should have
+    been made with, and a line for each cell that has none (``--from-records``)."""
+    records, missing = [], []
+    for seed in range(seeds):
+        for attack_name in attacks:
+            row = []  # a row's cells must come from one model (one set of weights)
+            recipe = as_json(training_settings(prof, attack_name))
+            for defense_name in defenses:
+                path = record_path(out, prof, attack_name, defense_name, seed, clean_per_class)
+                defense, _ = column_defense(table, prof, defense_name, device="cpu", seed=seed)
+                settings = as_json(defense.config) if defense else {}
+                record = read_record(path) if path.exists() else None
+                cell = f"{attack_name} x {defense_name} (seed {seed}, {path.name})"
+                if record is None:
+                    missing.append(f"{cell}: no record")
+                elif any(record["training_config"].get(k) != v for k, v in recipe.items()):
+                    missing.append(f"{cell}: made with another recipe")
+                elif record["defense_config"] != settings:
+                    missing.append(f"{cell}: made with other settings")
+                elif record["clean_source"] != table.clean_source(defense_name):
+                    missing.append(f"{cell}: made with clean data from the {record['clean_source']}, "
+                                   f"not the {table.clean_source(defense_name)}")
+                else:
+                    row.append(record)
+            digests = {weights(r) for r in row}
+            if len(digests) > 1:
+                missing.append(f"{attack_name} (seed {seed}): its records come from {len(digests)} different models")
+            else:
+                records += row
+    return records, missing

@@ -14,10 +14,10 @@ A notebook runs its table in two calls::
 """
 import pandas as pd
 
-from .cells import prepare_row, run_cell, snapshot_every
+from .cells import prepare_row, recorded_cells, run_cell, snapshot_every
 from .devices import cpu_cores, cpu_threads, resolve_device
 from .provenance import code_version
-from .records import load_records, merge_records, recorded_cells
+from .records import load_records, merge_records
 from .spec import RunSpec
 
 code_version()  # pinned at import: what this process runs (see provenance.code_version)

@@ -135,38 +135,3 @@ def merge_records(earlier: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
     for _, row in frame.groupby(["network", "attack", "seed", "clean_per_class"], sort=False):
         kept.append(row[row["_model"] == row["_model"].iloc[0]])  # groups keep the frame's order
     return pd.concat(kept).sort_values("_order").drop(columns=["_model", "_order"]).reset_index(drop=True)
-
-
-def recorded_cells(table, prof, attacks, defenses, seeds, clean_per_class, out):
-    """The records of the requested cells, checked against the recipe and the settings they should have
-    been made with, and a line for each cell that has none (``--from-records``)."""
-    from .cells import as_json, column_defense, record_path
-    from .profiles import training_settings
-    records, missing = [], []
-    for seed in range(seeds):
-        for attack_name in attacks:
-            row = []  # a row's cells must come from one model (one set of weights)
-            recipe = as_json(training_settings(prof, attack_name))
-            for defense_name in defenses:
-                path = record_path(out, prof, attack_name, defense_name, seed, clean_per_class)
-                defense, _ = column_defense(table, prof, defense_name, device="cpu", seed=seed)
-                settings = as_json(defense.config) if defense else {}
-                record = read_record(path) if path.exists() else None
-                cell = f"{attack_name} x {defense_name} (seed {seed}, {path.name})"
-                if record is None:
-                    missing.append(f"{cell}: no record")
-                elif any(record["training_config"].get(k) != v for k, v in recipe.items()):
-                    missing.append(f"{cell}: made with another recipe")
-                elif record["defense_config"] != settings:
-                    missing.append(f"{cell}: made with other settings")
-                elif record["clean_source"] != table.clean_source(defense_name):
-                    missing.append(f"{cell}: made with clean data from the {record['clean_source']}, "
-                                   f"not the {table.clean_source(defense_name)}")
-                else:
-                    row.append(record)
-            digests = {weights(r) for r in row}
-            if len(digests) > 1:
-                missing.append(f"{attack_name} (seed {seed}): its records come from {len(digests)} different models")
-            else:
-                records += row
-    return records, missing
