@@ -5,7 +5,7 @@
     purilib render TABLE --profile P   the table rendered from its records (nothing trained)
     purilib index [RESULTS_DIR]        rewrite results/README.md's index from the records
     purilib purify CHECKPOINT ...      purify your own model (python -m purilib purify --help)
-    purilib campaign run|list|plan|unpack   the GPU campaign's queue (python -m purilib campaign --help)
+    purilib campaign run|list|plan|unpack|estimates   the GPU campaign's queue (python -m purilib campaign --help)
 
 argparse, as the rest of purilib: no dependency for a handful of subcommands.
 """

@@ -124,8 +124,8 @@ def load_queue(path=None, profile=None) -> list:
 def _spec(unit, **request):
     """The unit's rows and networks as a checked run (its clean data aside: the models do not depend on it)."""
     from .spec import RunSpec
-    return RunSpec.build(unit.table, unit.profile, attacks=list(unit.attacks), defenses=list(unit.defenses),
-                         model=unit.model, log=lambda *_: None, **request)
+    return RunSpec.build(unit.table, unit.profile, log=lambda *_: None,
+                         **{**_run_kwargs(unit, unit.defenses), "clean_per_class": None}, **request)
 
 
 def models_of(unit) -> tuple:
@@ -360,6 +360,9 @@ def run(units, out, budget=540.0, processes=8, device="auto", data_root=None, ca
     def name(unit, group):
         return "its model" if group == MODEL else f"group {group + 1}/{len(unit.groups)}"
 
+    def tag(group):  # in campaign.json and the logs' names
+        return "model" if group == MODEL else group
+
     # stopped from outside (SIGTERM, Ctrl-C): the jobs running are stopped, what they finished is packed
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() \
         else None
@@ -379,7 +382,7 @@ def run(units, out, budget=540.0, processes=8, device="auto", data_root=None, ca
             for unit, group in schedule.start(processes - len(running) if accepting else 0):
                 command = [sys.executable, "-m", "purilib.campaign", "group", str(queue_file), unit.id, str(group),
                            "--out", str(work), "--device", device] + (["--data-root", str(data_root)] if data_root else [])
-                logfile = open(work / "logs" / f"{unit.id}.{'model' if group == MODEL else group}.log", "w")
+                logfile = open(work / "logs" / f"{unit.id}.{tag(group)}.log", "w")
                 process = subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT, env=env)
                 running[process] = ((unit, group), now, logfile)
                 log(f"[{now:.0f} s] started {unit.id} {name(unit, group)}"
@@ -399,11 +402,10 @@ def run(units, out, budget=540.0, processes=8, device="auto", data_root=None, ca
                 logfile.close()
                 del running[process]
                 changed = True
-                results_of[unit.id].append(("model" if group == MODEL else group, code, round(now - began, 1)))
+                results_of[unit.id].append((tag(group), code, round(now - began, 1)))
                 log(f"[{now:.0f} s] {unit.id} {name(unit, group)}: exit {code} after {now - began:.0f} s")
                 if code not in (0, "killed at the budget"):
-                    tail = (work / "logs" / f"{unit.id}.{'model' if group == MODEL else group}.log").read_text(
-                        errors="replace").strip()
+                    tail = (work / "logs" / f"{unit.id}.{tag(group)}.log").read_text(errors="replace").strip()
                     log("    " + "\n    ".join(tail.splitlines()[-3:]))
                 if group == MODEL:
                     for other in schedule.trained(unit, code == 0):
@@ -419,8 +421,7 @@ def run(units, out, budget=540.0, processes=8, device="auto", data_root=None, ca
             process.kill()
             process.wait()
             logfile.close()
-            results_of[unit.id].append(("model" if group == MODEL else group, "interrupted",
-                                        round(time.time() - start - began, 1)))
+            results_of[unit.id].append((tag(group), "interrupted", round(time.time() - start - began, 1)))
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
