@@ -15,7 +15,9 @@
 # cell), logs.tar.gz, gpu_util.csv (nvidia-smi's GPU utilisation and memory every 5 s: is the GPU busy with
 # PROCESSES processes, or would more fill it?  issue 23's throughput question); with SPEED_SECONDS=N the last
 # N seconds time, in fp32, the training step at batch 128 and the defense loops (gpu_speed.jsonl: reference,
-# current and the opt-in compiled loop, SPEED_DEFENSES, default NFT,FT-SAM,ANP,AWM).
+# current and the opt-in compiled loop, SPEED_DEFENSES, default FIP:50,I-BAU:25,NFT,FT-SAM,ANP,AWM: FIP first,
+# whose speed decides whether the FIP units fit a command, and I-BAU, both captured as CUDA graphs, at 50 and 25
+# steps; the others at SPEED_STEPS, 1000).  SPEED_SECONDS=150 reaches the first two.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to a folder for the results}"
@@ -43,7 +45,7 @@ status=$?
 if [ "$speed" -gt 0 ]; then
   # fp32, as the gpu profile's defenses run and the paper profile's models train (its 250 epochs alone: the
   # step's milliseconds x 97,750 steps; campaign.toml's paper model_s is an extrapolation until then)
-  timeout "$speed" "$python" benchmarks/gpu_speed.py --device "$device" --bf16 0 --batch-sizes 128 --defenses "${SPEED_DEFENSES:-NFT,FT-SAM,ANP,AWM}" \
+  timeout "$speed" "$python" benchmarks/gpu_speed.py --device "$device" --bf16 0 --batch-sizes 128 --defenses "${SPEED_DEFENSES:-FIP:50,I-BAU:25,NFT,FT-SAM,ANP,AWM}" \
     --defense-steps "${SPEED_STEPS:-1000}" --out "$OUT/gpu_speed.jsonl" >> "$OUT/session.log" 2>&1
 fi
 if [ -n "$sampler" ]; then kill "$sampler" 2> /dev/null; fi

@@ -1,7 +1,7 @@
 """Training-step and defense speed, the reference loop against the current one, in one run.
 
     PYTHONPATH=$PWD python benchmarks/gpu_speed.py [--device auto|cpu|cuda] [--width W] [--bf16 0|1]
-                                                  [--defenses "NFT,ANP"] [--defense-steps N] [--out FILE]
+                                                  [--defenses "FIP:100,NFT,ANP"] [--defense-steps N] [--out FILE]
 
 1. The training step (PreAct-ResNet-18, SGD, crop + flip, bf16 autocast by default) at batch
    128 and 512 on synthetic CIFAR-sized data resident on the device: ms per step and images/s
@@ -13,7 +13,10 @@
    ``fast=False`` (the defense reads a number back from the device every step and draws its
    batches on the CPU, as the loops did before the shared primitives) and ``fast=True``; for the
    loops that can (NFT, FT, FT-SAM, FP, ANP, AWM), also ``compile=True`` (``Defense.compiled``: inductor with
-   CUDA graphs, ``mode="reduce-overhead"``; on a GPU, or with ``--compile-on-cpu``).
+   CUDA graphs, ``mode="reduce-overhead"``; on a GPU, or with ``--compile-on-cpu``); for FIP, Fast FIP, I-BAU
+   ``compile=True`` is ``Defense.captured``, the whole step (double backward and optimizer) as one CUDA
+   graph.  ``compiled_logit_diff``: the largest difference between the compiled and the current loop's
+   purified models' logits on the clean images (a graph replays the same kernels: ~0 expected).
 
 Prints one JSON line per measurement (and appends it to ``--out``), each with the ratio
 reference / current.  Defaults: full width on a GPU; on the CPU the ``cpu`` profile's model
@@ -34,7 +37,8 @@ from purilib.models import create_model
 from purilib.provenance import code_version
 from purilib.training import DEFAULT_TRAINING, fit
 
-COMPILED = ("NFT", "FT", "FT-SAM", "FP", "ANP", "AWM")  # the loops that call Defense.compiled
+COMPILED = ("NFT", "FT", "FT-SAM", "FP", "ANP", "AWM",  # the loops that call Defense.compiled
+            "FIP", "Fast FIP", "I-BAU")  # and Defense.captured (the whole step as one CUDA graph)
 
 
 def timed(device, run):
@@ -67,7 +71,7 @@ def main(argv=None):
     parser.add_argument("--bf16", type=int, default=1)
     parser.add_argument("--train-steps", type=int, default=None, help="timed steps; default 100 GPU, 10 CPU")
     parser.add_argument("--batch-sizes", default="128,512")
-    parser.add_argument("--defenses", default=",".join(DEFENSES))
+    parser.add_argument("--defenses", default=",".join(DEFENSES), help='names; "FIP:100": its own step count')
     parser.add_argument("--defense-steps", type=int, default=None, help="default 200 on a GPU, 10 on the CPU")
     parser.add_argument("--out", default=None)
     parser.add_argument("--compile-on-cpu", action="store_true", help="time the compiled loops on the CPU too")
@@ -97,7 +101,9 @@ def main(argv=None):
     torch.manual_seed(0)
     model = create_model("preact_resnet18", width=width).to(device)
     clean = create_dataset("synthetic", "train", num_train=500)
-    for name in [d.strip() for d in args.defenses.split(",") if d.strip()]:
+    for item in [d.strip() for d in args.defenses.split(",") if d.strip()]:
+        name, _, steps = item.partition(":")  # "FIP:100": that defense with 100 steps
+        steps = int(steps) if steps else defense_steps
         seconds = {}
         # reference (fast=False), current (the default), and, for the loops that can, compiled (compile=True,
         # opt-in until measured here); interleaved, the second of each pair kept (warm; compilation is in the
@@ -105,14 +111,20 @@ def main(argv=None):
         variants = {"reference": dict(fast=False), "current": dict(fast=True)}
         if name in COMPILED and (gpu or args.compile_on_cpu):
             variants["compiled"] = dict(fast=True, compile=True)
+        logits = {}
         for variant in list(variants) * 2:
-            overrides = {"steps": defense_steps} | ({"rounds": 2} if name == "I-BAU" else {})
+            overrides = {"steps": steps} | ({"rounds": 2} if name == "I-BAU" else {})
             defense = create_defense(name, device=device, progress=False, **variants[variant], **overrides)
-            seconds[variant] = timed(device, lambda: defense.purify(model, clean))
-        emit({"item": f"defense {name}", "steps": defense_steps, "reference_s": round(seconds["reference"], 2),
+            purified = []
+            seconds[variant] = timed(device, lambda: purified.append(defense.purify(model, clean)))
+            with torch.no_grad():
+                logits[variant] = purified[0](clean.images[:256].to(device).float().div(255)).float()
+        emit({"item": f"defense {name}", "steps": steps, "reference_s": round(seconds["reference"], 2),
               "current_s": round(seconds["current"], 2), "ratio": round(seconds["reference"] / seconds["current"], 2),
               **({"compiled_s": round(seconds["compiled"], 2),
-                  "compiled_ratio": round(seconds["current"] / seconds["compiled"], 2)} if "compiled" in seconds else {})})
+                  "compiled_ratio": round(seconds["current"] / seconds["compiled"], 2),
+                  "compiled_logit_diff": round((logits["compiled"] - logits["current"]).abs().max().item(), 5)}
+                 if "compiled" in seconds else {})})
     return 0
 
 

@@ -123,3 +123,39 @@ def test_a_compiled_loop_captures_the_same_step(name, model_and_clean, capsys):
     assert "torch.compile" not in capsys.readouterr().out  # captured, not fallen back to the plain loop
     assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
     assert create_defense(name, device="cpu", compile="auto").compiled(model) is model  # auto: CUDA only
+
+
+@pytest.mark.parametrize("name", ["FIP", "Fast FIP", "I-BAU"])  # a double backward: torch.compile cannot
+def test_a_captured_step_is_the_plain_step(name, model_and_clean, capsys):
+    """compile="eager": each step runs on fixed input buffers, as a CUDA graph replays it (Defense.captured),
+    and the weights come out as the plain loop's.  FIP: 10 steps, the penalty every 2nd, so each kind of
+    step runs its 3 warm-up calls, then 2 on the fixed buffers (cloned into, then copied into)."""
+    model, clean = model_and_clean
+    settings = dict(steps=10, batch_size=16, device="cpu", progress=False) | (
+        {"rounds": 2, "K": 2} if name == "I-BAU" else {"trace_weight": 0.01, "trace_every": 2})
+    plain = create_defense(name, **settings)
+    assert plain.captured(len) is len  # compile=False: the plain step
+    captured = create_defense(name, compile="eager", **settings)
+    a, b = plain.purify(model, clean).state_dict(), captured.purify(model, clean).state_dict()
+    assert "capture failed" not in capsys.readouterr().out
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert plain.stats.get("fisher_trace_last") == captured.stats.get("fisher_trace_last")
+
+
+def test_a_step_whose_capture_fails_runs_plain(capsys):
+    """No CUDA here, so capturing fails: said once, and every call (this one included) runs the step."""
+    from purilib.defenses.base import CapturedStep
+    total = torch.zeros(())
+
+    def step(x):
+        total.add_(x.sum())
+        return total * 2
+
+    captured = CapturedStep(step, "test", graph=True, warmup=0)
+    outputs = [captured(torch.full((3,), float(i))).item() for i in range(1, 4)]
+    assert outputs == [6.0, 18.0, 36.0] and total.item() == 18.0
+    assert capsys.readouterr().out.count("CUDA graph capture failed") == 1
+    emulated = CapturedStep(step, "test", graph=False, warmup=1)
+    total.zero_()
+    assert [emulated(torch.full((3,), float(i))).item() for i in range(1, 4)] == [6.0, 18.0, 36.0]
+    assert emulated.inputs is not None and emulated.cuda_graph is None  # calls 2, 3 ran on the fixed buffer

@@ -140,3 +140,4 @@ def test_fip_regularisers_pull_where_they_should(model_and_clean):
     stiff = 2 / (0.05 * max(f.max().item() for f in fisher))
     assert fisher_drift(run(0.0, stiff)) < 0.75 * fisher_drift(plain)  # measured ~0.45 in isolation
     assert trace(run(0.01, 0.0)) < 0.8 * trace(plain)  # the trace penalty flattens the minimum (here ~0.25x)
+

@@ -90,6 +90,21 @@ class Defense:
             print(f"{self.name}: torch.compile unavailable ({type(error).__name__}: {error}); running uncompiled")
             return model
 
+    def captured(self, step):
+        """``step`` as the loop should call it: a :class:`CapturedStep` (the whole step, forward, backward and
+        optimizer, replayed as one CUDA graph) when ``self.compile`` asks, ``step`` itself otherwise.  For the
+        loops ``torch.compile`` cannot take (a double backward: FIP, Fast FIP).  ``compile="eager"``, or any
+        device but CUDA: the same fixed buffers without a graph (what the CPU tests check)."""
+        cuda = torch.device(self.device).type == "cuda"
+        if not self.compile or (self.compile == "auto" and not cuda):
+            return step
+        return CapturedStep(step, self.name, graph=self.graphs)
+
+    @property
+    def graphs(self):
+        """Whether ``captured`` steps are CUDA graphs (an optimizer they step must then be ``capturable``)."""
+        return bool(self.compile) and self.compile != "eager" and torch.device(self.device).type == "cuda"
+
     def steps(self, iterable, total, desc=None, model=None):
         """``iterable`` with a progress bar; after each item, ``callback(step, model)`` if one was given."""
         for step, item in enumerate(progress(iterable, total=total, desc=desc or self.name, enabled=self.progress)):
@@ -123,6 +138,64 @@ class _FirstCallFallback(torch.nn.Module):
             print(f"{self.who}: torch.compile failed ({type(error).__name__}: {str(error)[:200]}); running uncompiled")
             object.__setattr__(self, "network", self.plain)
             return self.plain(*args, **kwargs)
+
+
+class CapturedStep:
+    """``step(*inputs) -> tensor or None`` replayed as one CUDA graph: a defense step at these sizes is bound
+    by its thousands of kernel launches, not by arithmetic, and a replay launches them at once.
+
+    The first ``warmup`` calls run eagerly (on a side stream, as capture requires: optimizer state and
+    cuDNN's choices are made there); the next one captures the step on fixed copies of its inputs, and every
+    later call copies its inputs into them, replays, and returns a copy of the output.  So the step must read
+    its data only from its inputs (random numbers included: draw them outside), make no host sync, and take
+    the same path every call; it returns one tensor (or None).  ``graph=False``: the same fixed buffers
+    without a graph, on any device.  If capture fails, the step runs eagerly from then on (said once)."""
+
+    def __init__(self, step, who, graph=True, warmup=3):
+        self.step, self.who, self.graph, self.warmup = step, who, graph, warmup
+        self.calls, self.failed, self.inputs, self.output, self.cuda_graph = 0, False, None, None, None
+
+    def __call__(self, *inputs):
+        self.calls += 1
+        if self.calls <= self.warmup:
+            return self._side_stream(inputs) if self.graph else self.step(*inputs)
+        if self.failed:
+            return self.step(*inputs)
+        if self.inputs is None:
+            self.inputs = [x.clone() for x in inputs]
+            if self.graph and not self._capture():
+                self.failed = True
+                return self.step(*inputs)
+        else:
+            for fixed, x in zip(self.inputs, inputs):
+                fixed.copy_(x)
+        if self.cuda_graph is None:  # no graph: the step on the fixed buffers
+            output = self.step(*self.inputs)
+        else:
+            self.cuda_graph.replay()
+            output = self.output
+        return None if output is None else output.clone()
+
+    def _side_stream(self, inputs):
+        stream = torch.cuda.Stream(device=inputs[0].device)
+        stream.wait_stream(torch.cuda.current_stream(inputs[0].device))
+        with torch.cuda.stream(stream):
+            output = self.step(*inputs)
+        torch.cuda.current_stream(inputs[0].device).wait_stream(stream)
+        return output
+
+    def _capture(self):
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.output = self.step(*self.inputs)
+        except Exception as error:  # noqa: BLE001  (an op that cannot be captured): the eager step
+            print(f"{self.who}: CUDA graph capture failed ({type(error).__name__}: {str(error)[:200]}); "
+                  "running uncaptured")
+            self.output = None
+            return False
+        self.cuda_graph = graph
+        return True
 
 
 def check_clean_set(clean, model, who="purify"):

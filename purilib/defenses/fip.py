@@ -28,7 +28,9 @@ backward pass with create_graph and, for its gradient, one double backward: no p
 loop (a loop over 128 samples per step would cost ~100 backward passes).  Measured on two
 busy CPU cores (bf16, width-0.25 PreAct-ResNet-18) a step costs ~5-8x a plain fine-tuning
 step, mostly the double backward of BatchNorm and ReLU; ``trace_every=5`` (the released
-code's cadence) cuts that ~3x.
+code's cadence) cuts that ~3x.  torch.compile cannot take a double backward; ``compile=True``
+instead replays each whole step as one CUDA graph (``Defense.captured``: the step's thousands of
+launches at once), the random signs drawn outside it.
 
 Defaults: the authors' released code (src/Remove_Backdoor_FIP.py, src/Regularizer.py) where
 the paper is silent: SGD lr 0.005, momentum 0.95, no weight decay, constant lr, 2000 steps
@@ -64,14 +66,17 @@ DEFAULTS = dict(steps=2000, batch_size=128, lr=0.005, momentum=0.95,
                 trace_every=1)       # the released code: 5
 
 
-def _signed_trace(log_likelihoods, params, probes=1, create_graph=False, generator=None):
-    """||grad sum_i s_i l_i||^2 / B averaged over ``probes`` draws of Rademacher signs s."""
+def rademacher(n, generator, device):
+    """n random signs, +-1.0."""
+    return torch.randint(0, 2, (n,), generator=generator, device=device).float() * 2 - 1
+
+
+def _signed_trace(log_likelihoods, params, signs, create_graph=False):
+    """||grad sum_i s_i l_i||^2 / B averaged over the rows of ``signs`` (one draw of Rademacher signs each)."""
     estimates = []
-    for _ in range(probes):
-        signs = torch.randint(0, 2, log_likelihoods.shape, generator=generator,
-                              device=log_likelihoods.device).to(log_likelihoods) * 2 - 1
-        grads = torch.autograd.grad((signs * log_likelihoods).sum(), params, create_graph=create_graph,
-                                    retain_graph=True)
+    for probe in signs:
+        grads = torch.autograd.grad((probe.to(log_likelihoods) * log_likelihoods).sum(), params,
+                                    create_graph=create_graph, retain_graph=True)
         # one flat vector: a few operations (and as many in the double backward) however many parameters
         estimates.append(torch.cat([g.flatten() for g in grads]).float().square().sum() / len(log_likelihoods))
     return torch.stack(estimates).mean()
@@ -86,11 +91,13 @@ def fisher_trace(model, x, y=None, params=None, probes=1, create_graph=False, ge
     params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
     log_probs = F.log_softmax(model(x).float(), dim=1)
     if y is not None:
-        return _signed_trace(log_probs.gather(1, y[:, None]).squeeze(1), params, probes, create_graph, generator)
+        signs = torch.stack([rademacher(len(x), generator, log_probs.device) for _ in range(probes)])
+        return _signed_trace(log_probs.gather(1, y[:, None]).squeeze(1), params, signs, create_graph)
     estimates = []
     for _ in range(probes):
         sampled = torch.multinomial(log_probs.detach().exp(), 1, generator=generator)
-        estimates.append(_signed_trace(log_probs.gather(1, sampled).squeeze(1), params, 1, create_graph, generator))
+        signs = rademacher(len(x), generator, log_probs.device)[None]
+        estimates.append(_signed_trace(log_probs.gather(1, sampled).squeeze(1), params, signs, create_graph))
     return torch.stack(estimates).mean()
 
 
@@ -138,23 +145,33 @@ class FIP(Defense):
         start = [p.detach().clone() for p in params]
         optimizer = torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"], weight_decay=0.0)
         g = generator(self.seed + 1, self.device)
-        traces = []
-        model.train()
-        batches = self.batches(clean, c["batch_size"], c["steps"])
-        for step, (x, y) in self.steps(batches, c["steps"], model=model):
+
+        def step(x, y, signs=None):  # one step; with ``signs``, the trace penalty too (returned)
             with self.autocast():
                 logits = model(x)
             log_likelihoods = F.log_softmax(logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
             loss = -log_likelihoods.mean()
-            if c["trace_weight"] > 0 and step % c["trace_every"] == 0:
-                trace = _signed_trace(log_likelihoods, params, create_graph=True, generator=g)
+            trace = None
+            if signs is not None:
+                trace = _signed_trace(log_likelihoods, params, signs, create_graph=True)
                 loss = loss + c["trace_weight"] * trace
-                traces.append(trace.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if c["retain_weight"] > 0:  # the retainer's gradient, eta_r * Fbar * (theta - theta0), in closed form
                 add_retainer_gradient(params, fisher, start, c["retain_weight"])
             optimizer.step()
+            return None if trace is None else trace.detach()
+
+        # the steps with and without the penalty as two captured steps (each one path): see Defense.captured
+        traced_step, plain_step = self.captured(step), self.captured(step)
+        traces = []
+        model.train()
+        batches = self.batches(clean, c["batch_size"], c["steps"])
+        for step_index, (x, y) in self.steps(batches, c["steps"], model=model):
+            if c["trace_weight"] > 0 and step_index % c["trace_every"] == 0:
+                traces.append(traced_step(x, y, rademacher(len(y), g, x.device)[None]))
+            else:
+                plain_step(x, y)
         if traces:  # the Fisher-trace estimate early and late in the run: did it fall?
             traces = torch.stack(traces).tolist()  # one host sync, after the loop
             k = max(1, len(traces) // 10)

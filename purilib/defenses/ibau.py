@@ -24,7 +24,8 @@ first makes one ascent pass over the same batches.  The default 250 = 5 rounds x
 pass per round over the authors' 5,000 clean images; a smaller clean set is sampled with replacement, so the
 number of updates stays the authors'.  BackdoorBench (config/defense/i-bau/cifar10.yaml) uses Adam lr 1e-4
 (amsgrad), batches of 256, same rounds and K.  Cost: the hypergradient differentiates through a gradient
-(double backward); one outer step costs about K + 3 forward-backward passes of the network.
+(double backward); one outer step costs about K + 3 forward-backward passes of the network, which torch.compile
+cannot take: ``compile=True`` replays the outer step as one CUDA graph instead (``Defense.captured``).
 Differences from the released code: the outer Adam's learning rate is 1e-4, not 1e-3.  At 1e-3, Adam's
 steps on all weights with a few hundred clean images cost the clean accuracy the method is meant to keep,
 with or without the adversary, and far more than bf16 does (results/benchmarks/cpu/ibau_diagnosis.jsonl);
@@ -106,12 +107,30 @@ class IBAU(Defense):
         with batchnorm_as_affine(model):
             params = [p for p in model.parameters() if p.requires_grad]
             self.stats["trainable_params"] = count_trainable(params)
-            optimizer = torch.optim.Adam(params, lr=c["lr"])
+            # capturable: Adam's step count on the device, so that a CUDA graph can replay its step
+            optimizer = torch.optim.Adam(params, lr=c["lr"], capturable=self.graphs)
             rounds = max(1, min(c["rounds"], c["steps"]))
             per_round = [c["steps"] // rounds + (r < c["steps"] % rounds) for r in range(rounds)]
             batches = self.batches(clean, c["batch_size"], c["steps"])
             g = generator(self.seed + 1, self.device)
             bar = self.steps(range(c["steps"]), c["steps"], model=model)
+
+            def outer_step(x, y, mask, delta):  # one Adam step on the implicit hypergradient
+                def outer_loss(d):
+                    with self.autocast():
+                        return F.cross_entropy(model(x + mask * d), y)
+
+                def fixed_point_map(d):
+                    with self.autocast():
+                        inner = inner_objective(model, x, y, d, c["inner_reg"])
+                    return d - c["fixed_point_lr"] * torch.autograd.grad(inner, d, create_graph=True)[0]
+
+                grads = implicit_hypergradient(outer_loss, fixed_point_map, delta, params, c["K"])
+                for p, grad in zip(params, grads):
+                    p.grad = grad
+                optimizer.step()
+
+            outer_step = self.captured(outer_step)  # see Defense.captured
             norms = []
             for n in per_round:
                 round_batches = list(itertools.islice(batches, n))
@@ -122,20 +141,7 @@ class IBAU(Defense):
                     n_perturbed = max(1, int(c["perturbed_fraction"] * len(y)))
                     mask = torch.zeros(len(y), 1, 1, 1, device=x.device)
                     mask[torch.randperm(len(y), generator=g, device=x.device)[:n_perturbed]] = 1.0
-
-                    def outer_loss(d, x=x, y=y, mask=mask):
-                        with self.autocast():
-                            return F.cross_entropy(model(x + mask * d), y)
-
-                    def fixed_point_map(d, x=x, y=y):
-                        with self.autocast():
-                            inner = inner_objective(model, x, y, d, c["inner_reg"])
-                        return d - c["fixed_point_lr"] * torch.autograd.grad(inner, d, create_graph=True)[0]
-
-                    grads = implicit_hypergradient(outer_loss, fixed_point_map, delta, params, c["K"])
-                    for p, grad in zip(params, grads):
-                        p.grad = grad
-                    optimizer.step()
+                    outer_step(x, y, mask, delta)
                     next(bar)
             for _ in bar:  # the last step's callback
                 pass
