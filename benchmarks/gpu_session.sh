@@ -9,6 +9,9 @@
 #   rehearse:      OUT=/tmp/out PURILIB_DATA_ROOT=$PWD/.gpu-data PROFILE=smoke PROCESSES=2 bash benchmarks/gpu_session.sh 150 cpu
 #   on the device: OUT=$OUT PURILIB_DATA_ROOT=$PWD/.gpu-data bash benchmarks/gpu_session.sh 540   (carry .gpu-data)
 #   back here:     .venv/bin/python -m purilib.campaign unpack <files>/records.tar.gz   (renders every touched table)
+#   a 2nd command: STATE=/tmp/purilib-gpu-state on both; the second, called while the machine is still warm (30 s),
+#                  takes the first's records as done (unpacked into the device's results/) and its trained models
+#                  from the same cache, and goes on down the queue with the session's device time left
 #
 # $OUT gets 6 plain files (the device tool brings back at most 8): gpu.txt, session.log, campaign.json,
 # records.tar.gz (rewritten after every job: a command killed at its limit still brings back each finished
@@ -30,6 +33,12 @@ start=$(date +%s)
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || true
   "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
 } > "$OUT/gpu.txt" 2>&1
+if [ -n "${STATE:-}" ]; then  # what earlier commands on this machine finished: done, not run again
+  mkdir -p "$STATE"
+  for archive in "$STATE"/records-*.tar.gz; do
+    [ -e "$archive" ] && "$python" -m purilib.campaign unpack "$archive" --no-render >> "$OUT/gpu.txt" 2>&1
+  done
+fi
 # decoded once here, so that the runner's processes all read the cache instead of decoding at once
 "$python" -c "from purilib.data import load_cifar10; load_cifar10('test')" >> "$OUT/gpu.txt" 2>&1
 sampler=
@@ -48,5 +57,6 @@ if [ "$speed" -gt 0 ]; then
   timeout "$speed" "$python" benchmarks/gpu_speed.py --device "$device" --bf16 0 --batch-sizes 128 --defenses "${SPEED_DEFENSES:-FIP:50,I-BAU:25,NFT,FT-SAM,ANP,AWM}" \
     --defense-steps "${SPEED_STEPS:-1000}" --out "$OUT/gpu_speed.jsonl" >> "$OUT/session.log" 2>&1
 fi
+if [ -n "${STATE:-}" ] && [ -e "$OUT/records.tar.gz" ]; then cp "$OUT/records.tar.gz" "$STATE/records-$start.tar.gz"; fi
 if [ -n "$sampler" ]; then kill "$sampler" 2> /dev/null; fi
 exit "$status"
