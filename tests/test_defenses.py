@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from purilib.data import ImageSet
 from purilib.defenses import create_defense, purify
@@ -125,19 +126,50 @@ def test_a_compiled_loop_captures_the_same_step(name, model_and_clean, capsys):
     assert create_defense(name, device="cpu", compile="auto").compiled(model) is model  # auto: CUDA only
 
 
+HOST_SYNCS = {"_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal"}  # .item(), bool(t), t[mask]
+
+
+class _HostSyncs(TorchDispatchMode):
+    """The operations that wait for the device's answer: a CUDA graph capture fails at the first."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in HOST_SYNCS:
+            self.found.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize("name", ["FIP", "Fast FIP", "I-BAU"])  # a double backward: torch.compile cannot
-def test_a_captured_step_is_the_plain_step(name, model_and_clean, capsys):
+def test_a_captured_step_is_the_plain_step(name, model_and_clean, capsys, monkeypatch):
     """compile="eager": each step runs on fixed input buffers, as a CUDA graph replays it (Defense.captured),
     and the weights come out as the plain loop's.  FIP: 10 steps, the penalty every 2nd, so each kind of
-    step runs its 3 warm-up calls, then 2 on the fixed buffers (cloned into, then copied into)."""
+    step runs its 3 warm-up calls, then 2 on the fixed buffers (cloned into, then copied into).  And no
+    step waits for the device (what makes a capture fail): checked here, on the CPU, operation by operation."""
+    from purilib.defenses.base import CapturedStep
     model, clean = model_and_clean
     settings = dict(steps=10, batch_size=16, device="cpu", progress=False) | (
         {"rounds": 2, "K": 2} if name == "I-BAU" else {"trace_weight": 0.01, "trace_every": 2})
     plain = create_defense(name, **settings)
     assert plain.captured(len) is len  # compile=False: the plain step
+    syncs, call, adam_step = _HostSyncs(), CapturedStep.__call__, torch.optim.Adam.step
+
+    def watched(self, *inputs):
+        with syncs:
+            return call(self, *inputs)
+
+    def adam_unwatched(self, *args, **kwargs):  # Adam on the CPU reads its step count on the host; I-BAU's on
+        with _disable_current_modes():  # CUDA graphs is capturable=True, its count kept on the device
+            return adam_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(CapturedStep, "__call__", watched)
+    monkeypatch.setattr(torch.optim.Adam, "step", adam_unwatched)
     captured = create_defense(name, compile="eager", **settings)
     a, b = plain.purify(model, clean).state_dict(), captured.purify(model, clean).state_dict()
     assert "capture failed" not in capsys.readouterr().out
+    assert syncs.found == []
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert plain.stats.get("fisher_trace_last") == captured.stats.get("fisher_trace_last")
 
