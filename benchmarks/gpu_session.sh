@@ -13,14 +13,16 @@
 #                  takes the first's records as done (unpacked into the device's results/) and its trained models
 #                  from the same cache, and goes on down the queue with the session's device time left
 #
-# $OUT gets 6 plain files (the device tool brings back at most 8): gpu.txt, session.log, campaign.json,
+# $OUT gets at most 8 plain files (what the device tool brings back): gpu.txt, session.log, campaign.json,
 # records.tar.gz (rewritten after every job: a command killed at its limit still brings back each finished
 # cell), logs.tar.gz, gpu_util.csv (nvidia-smi's GPU utilisation and memory every 5 s: is the GPU busy with
 # PROCESSES processes, or would more fill it?  issue 23's throughput question); with SPEED_SECONDS=N the last
 # N seconds time, in fp32, the training step at batch 128 and the defense loops (gpu_speed.jsonl: reference,
-# current and the opt-in compiled loop, SPEED_DEFENSES, default FIP:50,I-BAU:25,NFT,FT-SAM,ANP,AWM: FIP first,
-# whose speed decides whether the FIP units fit a command, and I-BAU, both captured as CUDA graphs, at 50 and 25
-# steps; the others at SPEED_STEPS, 1000).  SPEED_SECONDS=150 reaches the first two.
+# current and the opt-in compiled loop, SPEED_DEFENSES, default NFT,FT-SAM,ANP,AWM at SPEED_STEPS, 1000).
+# Before the campaign, on a GPU, a probe (PROBE_SECONDS, default 90; 0: none) times the current loop against
+# the compiled one of PROBE_DEFENSES (default FIP:30,Fast FIP:30,I-BAU:15: the steps torch.compile cannot take,
+# replayed as CUDA graphs) into gpu_probe.jsonl; the loops it finds faster and equal run compiled in the
+# campaign, their columns estimated faster by as much (campaign run --compile-from).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to a folder for the results}"
@@ -46,15 +48,27 @@ if command -v nvidia-smi > /dev/null; then
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu_util.csv" 2>&1 &
   sampler=$!
 fi
+probe=${PROBE_SECONDS:-90} compile_from=
+if [ "$device" = cpu ]; then probe=${PROBE_SECONDS:-0}; fi
+if [ -n "${STATE:-}" ] && [ -e "$STATE/gpu_probe.jsonl" ]; then  # probed by an earlier command on this machine
+  cp "$STATE/gpu_probe.jsonl" "$OUT/gpu_probe.jsonl" && compile_from="$OUT/gpu_probe.jsonl"
+elif [ "$probe" -gt 0 ]; then
+  timeout "$probe" "$python" benchmarks/gpu_speed.py --device "$device" --bf16 0 --batch-sizes "" \
+    --variants current,compiled --compile-on-cpu --defenses "${PROBE_DEFENSES:-FIP:30,Fast FIP:30,I-BAU:15}" \
+    --out "$OUT/gpu_probe.jsonl" >> "$OUT/session.log" 2>&1
+  compile_from="$OUT/gpu_probe.jsonl"
+  if [ -n "${STATE:-}" ] && [ -e "$compile_from" ]; then cp "$compile_from" "$STATE/gpu_probe.jsonl"; fi
+fi
 left=$(( budget - ($(date +%s) - start) - 10 ))
 speed=${SPEED_SECONDS:-0}  # seconds kept at the end for gpu_speed.py on the defenses (reference, current, compiled)
 "$python" -m purilib.campaign run --out "$OUT" --budget "$(( left - speed ))" --processes "${PROCESSES:-8}" \
-  --device "$device" ${PROFILE:+--profile "$PROFILE"} ${SELECT:+--select "$SELECT"} 2>&1 | tee "$OUT/session.log"
+  --device "$device" ${PROFILE:+--profile "$PROFILE"} ${SELECT:+--select "$SELECT"} \
+  ${compile_from:+--compile-from "$compile_from"} 2>&1 | tee -a "$OUT/session.log"
 status=$?
 if [ "$speed" -gt 0 ]; then
   # fp32, as the gpu profile's defenses run and the paper profile's models train (its 250 epochs alone: the
   # step's milliseconds x 97,750 steps; campaign.toml's paper model_s is an extrapolation until then)
-  timeout "$speed" "$python" benchmarks/gpu_speed.py --device "$device" --bf16 0 --batch-sizes 128 --defenses "${SPEED_DEFENSES:-FIP:50,I-BAU:25,NFT,FT-SAM,ANP,AWM}" \
+  timeout "$speed" "$python" benchmarks/gpu_speed.py --device "$device" --bf16 0 --batch-sizes 128 --defenses "${SPEED_DEFENSES:-NFT,FT-SAM,ANP,AWM}" \
     --defense-steps "${SPEED_STEPS:-1000}" --out "$OUT/gpu_speed.jsonl" >> "$OUT/session.log" 2>&1
 fi
 if [ -n "${STATE:-}" ] && [ -e "$OUT/records.tar.gz" ]; then cp "$OUT/records.tar.gz" "$STATE/records-$start.tar.gz"; fi

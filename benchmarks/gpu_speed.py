@@ -16,7 +16,9 @@
    CUDA graphs, ``mode="reduce-overhead"``; on a GPU, or with ``--compile-on-cpu``); for FIP, Fast FIP, I-BAU
    ``compile=True`` is ``Defense.captured``, the whole step (double backward and optimizer) as one CUDA
    graph.  ``compiled_logit_diff``: the largest difference between the compiled and the current loop's
-   purified models' logits on the clean images (a graph replays the same kernels: ~0 expected).
+   purified models' logits on the clean images (a graph replays the same kernels: ~0 expected), beside
+   ``logit_change``, how far the current loop moved them.  ``--variants current,compiled``: the campaign's
+   probe (``campaign run --compile-from``), without the reference loop.
 
 Prints one JSON line per measurement (and appends it to ``--out``), each with the ratio
 reference / current.  Defaults: full width on a GPU; on the CPU the ``cpu`` profile's model
@@ -75,6 +77,8 @@ def main(argv=None):
     parser.add_argument("--defense-steps", type=int, default=None, help="default 200 on a GPU, 10 on the CPU")
     parser.add_argument("--out", default=None)
     parser.add_argument("--compile-on-cpu", action="store_true", help="time the compiled loops on the CPU too")
+    parser.add_argument("--variants", default="reference,current,compiled",
+                        help="of the defenses' loops (current always): 'current,compiled' is the campaign's probe")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     gpu = device.startswith("cuda")
@@ -111,16 +115,23 @@ def main(argv=None):
         variants = {"reference": dict(fast=False), "current": dict(fast=True)}
         if name in COMPILED and (gpu or args.compile_on_cpu):
             variants["compiled"] = dict(fast=True, compile=True)
-        logits = {}
+        variants = {k: v for k, v in variants.items() if k in args.variants.split(",") or k == "current"}
+        with torch.no_grad():
+            images = clean.images[:256].to(device).float().div(255)
+            logits = {"input": model.eval()(images).float()}
         for variant in list(variants) * 2:
             overrides = {"steps": steps} | ({"rounds": 2} if name == "I-BAU" else {})
             defense = create_defense(name, device=device, progress=False, **variants[variant], **overrides)
             purified = []
             seconds[variant] = timed(device, lambda: purified.append(defense.purify(model, clean)))
             with torch.no_grad():
-                logits[variant] = purified[0](clean.images[:256].to(device).float().div(255)).float()
-        emit({"item": f"defense {name}", "steps": steps, "reference_s": round(seconds["reference"], 2),
-              "current_s": round(seconds["current"], 2), "ratio": round(seconds["reference"] / seconds["current"], 2),
+                logits[variant] = purified[0](images).float()
+        emit({"item": f"defense {name}", "defense": name, "steps": steps,
+              **({"reference_s": round(seconds["reference"], 2),
+                  "ratio": round(seconds["reference"] / seconds["current"], 2)} if "reference" in seconds else {}),
+              "current_s": round(seconds["current"], 2),
+              # how far purification moved the logits: the scale compiled_logit_diff is read against
+              "logit_change": round((logits["current"] - logits["input"]).abs().max().item(), 5),
               **({"compiled_s": round(seconds["compiled"], 2),
                   "compiled_ratio": round(seconds["current"] / seconds["compiled"], 2),
                   "compiled_logit_diff": round((logits["compiled"] - logits["current"]).abs().max().item(), 5)}

@@ -24,7 +24,8 @@ index refreshed.  ``python -m purilib.campaign list``: the queue, each unit done
 what is left; ``plan [--select t1-gpu-] [--processes N]``: what the runner would do with the units left if
 every job took its estimate (the same :class:`Schedule`); ``estimates DIR/campaign.json``: each job of a run,
 its seconds beside its estimate (to correct the queue's).  ``--profile smoke --device cpu`` runs the same
-logic on this machine (the rehearsal the tests run).
+logic on this machine (the rehearsal the tests run).  ``run --compile-from PROBE``: the loops a probe on the
+same machine measured faster and equal (``accepted_compiles``) run compiled, their columns estimated faster.
 """
 import argparse
 import dataclasses
@@ -73,9 +74,10 @@ class Unit:
 MODEL = -1  # a job's group index that means: train the unit's models
 
 
-def load_queue(path=None, profile=None) -> list:
+def load_queue(path=None, profile=None, speedups=None) -> list:
     """The queue's units, checked against the table registry, with their estimates (``profile``: every unit
-    on that profile instead, e.g. smoke for the CPU rehearsal)."""
+    on that profile instead, e.g. smoke for the CPU rehearsal; ``speedups``: {defense: x}, the columns that
+    run that defense estimated x times faster: its loop compiled, ``accepted_compiles``)."""
     from .tables import get_table
     path = Path(path or QUEUE)
     with open(path, "rb") as f:
@@ -110,6 +112,7 @@ def load_queue(path=None, profile=None) -> list:
         if "model_s" not in entry and entry["profile"] not in model_s:
             raise ValueError(f"{where}: no estimate (model_s) for a {entry['profile']} model")
         model_s = entry.get("model_s", model_s.get(entry["profile"]))
+        seconds = {d: t / (speedups or {}).get(table.method(d)[0], 1.0) for d, t in seconds.items()}
         if profile:  # another profile than the queue's: the rehearsal's estimates
             rehearsal = data.get("rehearsal", {})
             model_s = entry.get("model_s", rehearsal.get("model_s", 0))
@@ -274,6 +277,20 @@ def against_estimates(summary, units) -> list:
 def _run_kwargs(unit, defenses):
     return dict(attacks=list(unit.attacks), defenses=list(defenses), model=unit.model,
                 clean_per_class=unit.clean_per_class)
+
+
+def accepted_compiles(lines, min_ratio=1.2, tolerance=0.01) -> dict:
+    """{defense: speed-up} from a probe's ``benchmarks/gpu_speed.py`` lines (``--variants current,compiled``,
+    on the machine about to run the campaign): each loop whose compiled run was at least ``min_ratio`` times
+    faster than the current one and purified to the same model (its logits within ``tolerance`` of how far
+    purification moved them; a CUDA graph replays the same kernels)."""
+    accepted = {}
+    for line in lines:
+        if "compiled_ratio" not in line or line["compiled_ratio"] < min_ratio:
+            continue
+        if line["compiled_logit_diff"] <= tolerance * line["logit_change"]:
+            accepted[line["defense"]] = line["compiled_ratio"]
+    return accepted
 
 
 def is_done(unit, results=None) -> bool:
@@ -595,6 +612,8 @@ def _main(argv=None):
     go.add_argument("--device", default="auto")
     go.add_argument("--data-root", default=None)
     go.add_argument("--cache-dir", default=None)
+    go.add_argument("--compile-from", default=None,
+                    help="a probe's gpu_speed.py lines: the loops it measured faster and equal run compiled")
     group = sub.add_parser("group", help=argparse.SUPPRESS)
     group.add_argument("queue_json")
     group.add_argument("unit")
@@ -651,7 +670,15 @@ def _main(argv=None):
               f"commands of {args.budget:.0f} s at {args.processes} processes, by the estimates"
               + (f"; never finished (over the budget): {', '.join(never)}" if never else ""))
         return 0
-    units = [u for u in load_queue(args.queue, args.profile) if u.id.startswith(args.select)]
+    speedups = {}
+    if getattr(args, "compile_from", None):
+        probe = Path(args.compile_from)
+        lines = [json.loads(t) for t in probe.read_text().splitlines() if t.strip()] if probe.exists() else []
+        speedups = accepted_compiles(lines)
+        os.environ["PURILIB_COMPILE"] = ",".join(speedups)  # the groups' processes inherit it (cells.column_defense)
+        print(f"compiled loops: {', '.join(f'{d} (x{x} measured)' for d, x in speedups.items()) or 'none'} "
+              f"(probe: {len(lines)} lines)", flush=True)
+    units = [u for u in load_queue(args.queue, args.profile, speedups) if u.id.startswith(args.select)]
     if not units:
         raise SystemExit(f"no unit of the queue starts with {args.select!r}")
     if args.command == "list":

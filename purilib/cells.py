@@ -31,6 +31,7 @@ from .metrics import defense_effectiveness_rating, evaluate
 from .profiles import defense_overrides, training_settings
 from .provenance import code_version
 from .records import Record, read_record, weights, write_record
+from .settings import compiled_defenses
 from .training import load_training_data, restore_attack, train_backdoored_model
 
 
@@ -122,7 +123,8 @@ def column_defense(table, prof, column, **kwargs):
     if name == NO_DEFENSE:
         return None, {}
     overrides = {**settings, **defense_overrides(prof, name)}
-    return create_defense(name, **kwargs, **overrides), overrides
+    compile = "auto" if name in compiled_defenses() else False  # same method, its loop compiled (on CUDA)
+    return create_defense(name, compile=compile, **kwargs, **overrides), overrides
 
 
 def as_json(value):

@@ -10,6 +10,9 @@ then an environment variable, then a default.
   ``~/.cache/purilib``.  Weights live here, never in git.
 - ``PURILIB_RESULTS_DIR``: where tables write their records.  Default the
   ``results/`` folder of the checkout purilib was installed from.
+- ``PURILIB_COMPILE``: defenses (registry names, comma-separated) whose table cells run their
+  compiled loop (``compile="auto"``: on CUDA only).  Default none; the GPU campaign sets it for
+  the loops a probe on the same machine measured faster and equal (``campaign run --compile-from``).
 """
 import os
 from pathlib import Path
@@ -32,3 +35,7 @@ def results_dir(explicit=None) -> Path:
     if (checkout / "results").is_dir():
         return checkout / "results"
     return Path("results")
+
+
+def compiled_defenses() -> set:
+    return {name.strip() for name in os.environ.get("PURILIB_COMPILE", "").split(",") if name.strip()}

@@ -2,6 +2,7 @@
 recorded, stop at the budget, bring the records back, render from them), so that no GPU minute is spent on
 a runner bug."""
 import json
+import os
 import tarfile
 
 import pytest
@@ -207,3 +208,32 @@ def test_the_plan_follows_the_runners_rule_for_what_to_start():
     failed.admit(0)
     assert failed.start(1) == [(a, campaign.MODEL)] and failed.trained(a, ok=False) == [a, shared]
     assert failed.start(4) == []
+
+
+def test_a_probe_decides_which_loops_run_compiled_and_how_fast_they_are_estimated(tmp_path, monkeypatch, capsys):
+    """campaign run --compile-from: a loop measured faster (x1.2 or more) and equal (its logits within 1% of
+    how far purification moved them) runs compiled in the cells, its columns estimated faster by as much."""
+    from purilib.cells import column_defense
+    from purilib.profiles import get_profile
+    from purilib.tables import get_table
+    lines = [{"defense": "NFT", "current_s": 9.0, "compiled_s": 3.0, "compiled_ratio": 3.0, "logit_change": 2.0,
+              "compiled_logit_diff": 0.01},
+             {"defense": "NGF", "compiled_ratio": 4.0, "logit_change": 2.0, "compiled_logit_diff": 0.5},  # not equal
+             {"defense": "FT", "compiled_ratio": 1.1, "logit_change": 2.0, "compiled_logit_diff": 0.0},  # not faster
+             {"defense": "ANP", "current_s": 5.0}]  # not compiled
+    assert campaign.accepted_compiles(lines) == {"NFT": 3.0}
+    queue = tmp_path / "queue.toml"
+    queue.write_text(QUEUE.replace("NFT = 1,", "NFT = 30,"))
+    plain = {u.id: u for u in campaign.load_queue(queue)}["t1-BadNets"]
+    faster = {u.id: u for u in campaign.load_queue(queue, speedups={"NFT": 3.0})}["t1-BadNets"]
+    assert plain.group_s == (3, 31) and faster.group_s == (3, 11)  # start_s + cells: NFT's 30 s / 3
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    monkeypatch.setenv("PURILIB_COMPILE", "")  # restored (unset) after the test, whatever _main sets
+    monkeypatch.setattr(campaign, "run", lambda units, *args, **kwargs: None)  # the decision only, not the run
+    campaign._main(["run", "--queue", str(queue), "--out", str(tmp_path / "out"), "--compile-from", str(probe)])
+    assert "compiled loops: NFT (x3.0 measured)" in capsys.readouterr().out
+    assert os.environ["PURILIB_COMPILE"] == "NFT"  # what the groups' processes inherit
+    table, smoke = get_table("nft-table1"), get_profile("smoke")
+    assert column_defense(table, smoke, "NFT", device="cpu")[0].compile == "auto"  # compiled on CUDA only
+    assert column_defense(table, smoke, "FT", device="cpu")[0].compile is False

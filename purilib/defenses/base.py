@@ -85,7 +85,7 @@ class Defense:
         options = ({"backend": self.compile} if isinstance(self.compile, str) and self.compile != "auto"
                    else {"mode": "reduce-overhead"})
         try:
-            return _FirstCallFallback(torch.compile(model, **options), model, self.name)
+            return _FirstCallFallback(torch.compile(model, **options), model, self.name, self.stats)
         except Exception as error:  # noqa: BLE001  (no compiler here): the plain loop
             print(f"{self.name}: torch.compile unavailable ({type(error).__name__}: {error}); running uncompiled")
             return model
@@ -93,12 +93,12 @@ class Defense:
     def captured(self, step):
         """``step`` as the loop should call it: a :class:`CapturedStep` (the whole step, forward, backward and
         optimizer, replayed as one CUDA graph) when ``self.compile`` asks, ``step`` itself otherwise.  For the
-        loops ``torch.compile`` cannot take (a double backward: FIP, Fast FIP).  ``compile="eager"``, or any
+        loops ``torch.compile`` cannot take (a double backward: FIP, Fast FIP, I-BAU).  ``compile="eager"``, or any
         device but CUDA: the same fixed buffers without a graph (what the CPU tests check)."""
         cuda = torch.device(self.device).type == "cuda"
         if not self.compile or (self.compile == "auto" and not cuda):
             return step
-        return CapturedStep(step, self.name, graph=self.graphs)
+        return CapturedStep(step, self.name, graph=self.graphs, stats=self.stats)
 
     @property
     def graphs(self):
@@ -122,20 +122,23 @@ class _FirstCallFallback(torch.nn.Module):
     surface there, if at all).  A module whose only submodule is the plain network: its modules, mode and
     parameters are that network's."""
 
-    def __init__(self, compiled, plain, who):
+    def __init__(self, compiled, plain, who, stats=None):
         super().__init__()
         self.plain = plain
         object.__setattr__(self, "network", compiled)  # not a submodule: the plain network's modules, once
-        self.who, self.first = who, True
+        self.who, self.first, self.stats = who, True, {} if stats is None else stats
 
     def forward(self, *args, **kwargs):
         if not self.first:
             return self.network(*args, **kwargs)
         self.first = False
         try:
-            return self.network(*args, **kwargs)
+            output = self.network(*args, **kwargs)
+            self.stats["compiled"] = True  # in the record: the loop ran compiled
+            return output
         except Exception as error:  # noqa: BLE001
             print(f"{self.who}: torch.compile failed ({type(error).__name__}: {str(error)[:200]}); running uncompiled")
+            self.stats["compiled"] = False
             object.__setattr__(self, "network", self.plain)
             return self.plain(*args, **kwargs)
 
@@ -151,8 +154,9 @@ class CapturedStep:
     the same path every call; it returns one tensor (or None).  ``graph=False``: the same fixed buffers
     without a graph, on any device.  If capture fails, the step runs eagerly from then on (said once)."""
 
-    def __init__(self, step, who, graph=True, warmup=3):
+    def __init__(self, step, who, graph=True, warmup=3, stats=None):
         self.step, self.who, self.graph, self.warmup = step, who, graph, warmup
+        self.stats = {} if stats is None else stats  # the defense's: "cuda_graph" says whether replays ran
         self.calls, self.failed, self.inputs, self.output, self.cuda_graph = 0, False, None, None, None
 
     def __call__(self, *inputs):
@@ -193,8 +197,10 @@ class CapturedStep:
             print(f"{self.who}: CUDA graph capture failed ({type(error).__name__}: {str(error)[:200]}); "
                   "running uncaptured")
             self.output = None
+            self.stats["cuda_graph"] = False
             return False
         self.cuda_graph = graph
+        self.stats.setdefault("cuda_graph", True)  # a step whose capture failed keeps it False
         return True
 
 
