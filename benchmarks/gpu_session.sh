@@ -20,9 +20,10 @@
 # N seconds time, in fp32, the training step at batch 128 and the defense loops (gpu_speed.jsonl: reference,
 # current and the opt-in compiled loop, SPEED_DEFENSES, default NFT,FT-SAM,ANP,AWM at SPEED_STEPS, 1000).
 # Before the campaign, on a GPU, a probe (PROBE_SECONDS, default 90; 0: none) times the current loop against
-# the compiled one of PROBE_DEFENSES (default FIP:30,Fast FIP:30,I-BAU:15: the steps torch.compile cannot take,
+# the compiled one of PROBE_DEFENSES (default FIP:20,I-BAU:10,Fast FIP:20: the steps torch.compile cannot take,
 # replayed as CUDA graphs) into gpu_probe.jsonl; the loops it finds faster and equal run compiled in the
-# campaign, their columns estimated faster by as much (campaign run --compile-from).
+# campaign, their columns estimated faster by as much (campaign run --compile-from).  A probe's ratio includes
+# each run's fixed setup (FIP's Fisher diagonal, the warm-up steps), so it understates the gain of a full run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to a folder for the results}"
@@ -54,7 +55,7 @@ if [ -n "${STATE:-}" ] && [ -e "$STATE/gpu_probe.jsonl" ]; then  # probed by an 
   cp "$STATE/gpu_probe.jsonl" "$OUT/gpu_probe.jsonl" && compile_from="$OUT/gpu_probe.jsonl"
 elif [ "$probe" -gt 0 ]; then
   timeout "$probe" "$python" benchmarks/gpu_speed.py --device "$device" --bf16 0 --batch-sizes "" \
-    --variants current,compiled --compile-on-cpu --defenses "${PROBE_DEFENSES:-FIP:30,Fast FIP:30,I-BAU:15}" \
+    --variants current,compiled --compile-on-cpu --defenses "${PROBE_DEFENSES:-FIP:20,I-BAU:10,Fast FIP:20}" \
     --out "$OUT/gpu_probe.jsonl" >> "$OUT/session.log" 2>&1
   compile_from="$OUT/gpu_probe.jsonl"
   if [ -n "${STATE:-}" ] && [ -e "$compile_from" ]; then cp "$compile_from" "$STATE/gpu_probe.jsonl"; fi
