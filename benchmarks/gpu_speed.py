@@ -25,6 +25,7 @@ reference / current.  Defaults: full width on a GPU; on the CPU the ``cpu`` prof
 (width 1/4, bf16), which must not get slower.
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -118,7 +119,7 @@ def main(argv=None):
         variants = {k: v for k, v in variants.items() if k in args.variants.split(",") or k == "current"}
         with torch.no_grad():
             images = clean.images[:256].to(device).float().div(255)
-            logits = {"input": model.eval()(images).float()}
+            logits = {"input": copy.deepcopy(model).eval()(images).float()}  # the defenses get the model as made
         for variant in list(variants) * 2:
             overrides = {"steps": steps} | ({"rounds": 2} if name == "I-BAU" else {})
             defense = create_defense(name, device=device, progress=False, **variants[variant], **overrides)
