@@ -96,7 +96,7 @@ PROFILES = {
                           "CLB": dict(pgd_steps=5, pgd_step=2.0, cell=3),
                           "ISSBA": dict(encoder_steps=30, width=8, batch_size=32),
                           "Dynamic": dict(generator_width=4, mask_epochs=1, mask_batch_size=16,
-                                                    mask_density=0.25, poison_rate=0.3),
+                                          mask_density=0.4, poison_rate=0.3),
                           "LIRA": dict(generator_width=4, lr_generator=1e-3, generator_batch_fraction=0.25, eps=0.03),
                           "FBA": dict(generator_width=8, res_blocks=1, style_steps=100, style_batch_size=32,
                                       detox_images=64, detox_epochs=2)},

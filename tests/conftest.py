@@ -17,9 +17,11 @@ def model_and_clean():
 @pytest.fixture(scope="session")
 def smoke_model():
     """``smoke_model(row, **settings)``: the smoke profile's model of a table row, ``(model, manifest)``, in the
-    run-wide cache (the root conftest.py).  It keeps FIP Figure 1's snapshots, so that the tables this
-    session runs (that figure's notebook among them) load it instead of training it again."""
+    run-wide cache (the root conftest.py), trained with the profile's threads, as a grid's worker trains it:
+    whichever trains it first, its weights are the same.  It keeps FIP Figure 1's snapshots, so that the
+    tables this session runs (that figure's notebook among them) load it instead of training it again."""
     from purilib.cells import snapshot_every
+    from purilib.devices import cpu_threads
     from purilib.profiles import get_profile, training_settings
     from purilib.tables import get_table
     from purilib.training import train_backdoored_model
@@ -27,8 +29,9 @@ def smoke_model():
     snapshots = snapshot_every(get_table("fip-figure1"), smoke)
 
     def train(row, **settings):
-        return train_backdoored_model(attack=row, device="cpu", snapshot_every=snapshots,
-                                      **{**training_settings(smoke, row), **settings})
+        with cpu_threads(smoke.threads):  # the weights a grid's worker makes of the same recipe
+            return train_backdoored_model(attack=row, device="cpu", snapshot_every=snapshots,
+                                          **{**training_settings(smoke, row), **settings})
     return train
 
 

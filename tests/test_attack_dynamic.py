@@ -2,8 +2,9 @@
 smoke model that learns the backdoor.
 
 The smoke model (width 1/8, 5 epochs on synthetic data) does not learn the paper's 3%-density masks (nor
-BadNets' 3x3 patch) at a 10% rate, so the smoke settings use denser masks (25%) and a 30% backdoor share;
-measured ASR 85.3 (width-4 generators; Dyn-one in results/nft-table1/smoke/), asserted >= 40."""
+BadNets' 3x3 patch) at a 10% rate, so the smoke settings use dense masks (40%) and a 30% backdoor share.
+Measured with one thread (the smoke profile's), seeds 0 / 1 / 2: ASR 94.2 / 80.0 / 95.6, ACC 62.8 / 70.4 /
+72.0 (at 25% density: ASR 33.8 / 60.4 / 33.8); asserted ASR >= 40, ACC >= 50."""
 import pytest
 import torch
 
