@@ -36,6 +36,13 @@ RUNS_AFTER = {"notebooks/nft_table1.ipynb": "tests/test_reproduce.py",
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's, where it runs the suite
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: the cores this process may use (a container's share, not the host's count)."""
+    from purilib.devices import cpu_cores
+    return cpu_cores()
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """xdist's --dist loadfile (one test file or notebook whole in one process), with RUNS_AFTER's
     notebooks joined to their test modules.  (Its xdist_group marks do not group under pytest 9.)"""
