@@ -1,10 +1,21 @@
 """Model registry: ``create_model(name, num_classes=10, width=1.0, input_size=None)``."""
 from .preact_resnet import PreActResNet18
-from .resnet import ResNet18
-from .resnet50 import ResNet50
 from .vgg import VGG16BN
 
-MODELS = {"preact_resnet18": PreActResNet18, "resnet18": ResNet18, "vgg16_bn": VGG16BN, "resnet50": ResNet50}
+
+# the torchvision-based networks are imported when one is made: importing torchvision.models costs ~2 s
+# (it imports torch._dynamo), in every process that starts, most of which never build one
+def _resnet18(**kwargs):
+    from .resnet import ResNet18
+    return ResNet18(**kwargs)
+
+
+def _resnet50(**kwargs):
+    from .resnet50 import ResNet50
+    return ResNet50(**kwargs)
+
+
+MODELS = {"preact_resnet18": PreActResNet18, "resnet18": _resnet18, "vgg16_bn": VGG16BN, "resnet50": _resnet50}
 
 
 def create_model(name: str, num_classes: int = 10, width: float = 1.0, input_size=None):
