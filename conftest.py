@@ -24,7 +24,7 @@ os.environ["PURILIB_RESULTS_DIR"] = os.path.join(_scratch, "results")
 os.environ["PURILIB_CACHE_DIR"] = os.path.join(_scratch, "cache")
 os.environ["PURILIB_PROGRESS"] = "0"
 os.environ.setdefault("MPLBACKEND", "Agg")
-if _worker:  # the cores shared out among the xdist processes (two threads each on two cores: half as fast)
+if _worker:  # the cores shared out among the xdist processes (not two threads each on two cores)
     import torch
 
     from purilib.devices import cpu_cores
@@ -60,4 +60,3 @@ def pytest_sessionfinish(session, exitstatus):
     the controlling process removes it, once every xdist process is done."""
     if not _worker and not os.environ.get("PURILIB_KEEP_TEST_OUTPUT"):
         shutil.rmtree(_scratch, ignore_errors=True)
-
