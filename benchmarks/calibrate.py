@@ -5,13 +5,16 @@
 e.g. ``python benchmarks/calibrate.py BadNets NFT,FT width=0.125 epochs=30`` or
 ``python benchmarks/calibrate.py BadNets NFT:steps=3000``; an empty DEFENSE ("") only trains
 the model, e.g. ``python benchmarks/calibrate.py BPPA "" "attack_kwargs={'neg_ratio': 0.0}"``.  Values are Python
-literals.  Used to choose the ``cpu`` profile; see the issue notes for results.
+literals.  Used to choose the ``cpu`` profile; see the issue notes for results.  It computes with the
+profile's CPU threads (smoke: one), as the tables' workers do: the same weights as theirs, e.g. the smoke
+calibration ``python benchmarks/calibrate.py Dyn-one "" seed=1 --profile smoke``.
 """
 import argparse
 import ast
 
 from purilib.data import clean_subset
 from purilib.defenses import create_defense
+from purilib.devices import cpu_threads
 from purilib.metrics import evaluate
 from purilib.profiles import resolve, training_settings
 from purilib.training import load_training_data, restore_attack, train_backdoored_model
@@ -32,6 +35,11 @@ def main():
     parser.add_argument("--profile", default="cpu")
     args = parser.parse_args()
     profile = resolve(args.profile)
+    with cpu_threads(profile.threads):
+        calibrate(args, profile)
+
+
+def calibrate(args, profile):
     training = training_settings(profile, args.attack)  # the tables' recipe: the same cached model
     for item in args.overrides:
         key, value = item.split("=", 1)
