@@ -23,6 +23,9 @@ if not _scratch:
 os.environ["PURILIB_RESULTS_DIR"] = os.path.join(_scratch, "results")
 os.environ["PURILIB_CACHE_DIR"] = os.path.join(_scratch, "cache")
 os.environ["PURILIB_PROGRESS"] = "0"
+# "auto" starts one process for a table, not one per core: the xdist processes already keep the cores busy,
+# and each worker process would pay seconds of imports (the end-to-end test runs as a user's: its own count)
+os.environ["PURILIB_WORKERS"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
 if _worker:  # the cores shared out among the xdist processes (not two threads each on two cores)
     import torch

@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 from . import settings
-from .data import DataNotFoundError, load_cifar10
-from .devices import resolve_device
 from .profiles import PROFILES
+from .settings import DataNotFoundError
 from .spec import RunSpec
 from .tables import TABLES, resolve_tables
 
@@ -85,7 +84,8 @@ def _request(parser):
 
 def check(table, profile="smoke", data_root=None, device="auto", attacks="", defenses="", clean_per_class=None,
           seeds=1, model=None, workers="auto", executor="local", **_):
-    """The request's specs, one per table (``RunSpec.build`` refuses a bad one), its data and Ray checked."""
+    """The request's specs, one per table (``RunSpec.build`` refuses a bad one), its data and Ray checked.
+    A refused request costs no import of torch (a second or more): only the device and the data need it."""
     tables = resolve_tables(table)
     attacks, defenses = _names(attacks), _names(defenses)
     # the request, checked where every run checks it (RunSpec.build); then what only a run's start can check:
@@ -93,6 +93,9 @@ def check(table, profile="smoke", data_root=None, device="auto", attacks="", def
     specs = [RunSpec.build(t.id, profile, attacks=attacks, defenses=defenses, seeds=_number(seeds),
                            clean_per_class=_number(clean_per_class), model=model, device=device,
                            workers=_number(workers), executor=executor, log=lambda *_: None) for t in tables]
+    settings.auto_workers_cap()  # a bad PURILIB_WORKERS, refused here
+    from .data import load_cifar10
+    from .devices import resolve_device
     resolve_device(device)
     for spec in specs:  # each table's data under the profile: CIFAR-10 (32x32), or its ImageNet recipe's
         if spec.profile.training["dataset"] == "cifar10":

@@ -32,6 +32,7 @@ import torch
 
 from .devices import generator
 from . import settings
+from .settings import DataNotFoundError  # noqa: F401  (purilib.data.DataNotFoundError, as before)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -55,10 +56,6 @@ class ImageSet:
         digest = hashlib.sha256(np.ascontiguousarray(self.images.numpy()).data)
         digest.update(np.ascontiguousarray(self.labels.numpy()).data)
         return digest.hexdigest()[:16]
-
-
-class DataNotFoundError(FileNotFoundError):
-    pass
 
 
 # ---------------------------------------------------------------- CIFAR-10

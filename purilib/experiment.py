@@ -14,6 +14,7 @@ A notebook runs its table in two calls::
 """
 import pandas as pd
 
+from . import settings
 from .cells import prepare_row, recorded_cells, run_cell, snapshot_every
 from .devices import cpu_cores, cpu_threads, resolve_device
 from .provenance import code_version
@@ -73,10 +74,11 @@ def _run_grid(spec, network, clean_per_class, device) -> list:
 
 def resolve_workers(spec, device) -> int:
     """``spec.workers`` as a count: "auto" is one worker per ``profile.threads`` cores on the CPU (at most one
-    per model of the table's grids) when the profile fixes the threads, else 1."""
+    per model of the table's grids) when the profile fixes the threads, else 1; at most ``PURILIB_WORKERS``."""
     if spec.workers != "auto":
         return spec.workers
     models = len(spec.attacks) * spec.seeds * len(spec.networks)
+    workers = 1
     if device == "cpu" and spec.profile.threads:
-        return max(1, min(cpu_cores() // spec.profile.threads, models))
-    return 1
+        workers = max(1, min(cpu_cores() // spec.profile.threads, models))
+    return min(workers, settings.auto_workers_cap() or workers)

@@ -71,9 +71,12 @@ PROFILES = {
                       model="preact_resnet18", width=0.125, epochs=5, batch_size=32, lr=0.05,
                       schedule="cosine", warmup_epochs=1, weight_decay=5e-4),
         clean_per_class=10,
-        # 10 steps of 32 images: enough to exercise every defense; I-BAU's steps cost ~K + 3 passes each,
-        # so it takes 5 steps with K = 2 fixed-point iterations (still a Neumann series, not one term)
-        defense_overrides={"*": dict(steps=10, batch_size=32), "I-BAU": dict(steps=5, rounds=2, K=2)},
+        # 5 steps of 32 images: every defense's loop runs whole.  RNP takes 10: its unlearning (half of them)
+        # must finish a pass through the 100 clean images (4 batches) to check its accuracy threshold.  I-BAU's
+        # steps cost ~K + 3 passes each: 2 rounds of 2 steps with K = 2 fixed-point iterations (still a Neumann
+        # series, not one term)
+        defense_overrides={"*": dict(steps=5, batch_size=32), "RNP": dict(steps=10),
+                           "I-BAU": dict(steps=4, rounds=2, K=2)},
         sharpness={"authors": dict(images=40, padding=1, iterations=3, samples=3, tol=1e-3),
                    "held-out": dict(iterations=3, samples=3)},
         trajectory=dict(points=4, test_images=200, iterations=3),
@@ -162,11 +165,6 @@ def _budgets(size):
             "I-BAU": dict(norm_bound=IBAU["norm_bound"] * area ** 0.5)}
 
 
-def _merged(overrides, more):
-    """Per defense, ``overrides`` updated with ``more``."""
-    return {name: {**overrides.get(name, {}), **more.get(name, {})} for name in {**overrides, **more}}
-
-
 # The ImageNet half of NFT's Table 1: what a profile changes of its CIFAR-10 recipe (the profiles not named
 # here have none).  Neither recipe has been run on ImageNet: this machine has neither ImageNet nor a GPU.
 IMAGENET = {
@@ -177,8 +175,7 @@ IMAGENET = {
     "smoke": dict(training=dict(dataset_kwargs=dict(num_train=2000, num_test=250, size=64), model="resnet50"),
                   attack_overrides={**PROFILES["smoke"].attack_overrides, "BadNets": dict(size=24, cell=8),
                                     "TrojanNN": {**PROFILES["smoke"].attack_overrides["TrojanNN"], "size": 16},
-                                    "CLB": {**PROFILES["smoke"].attack_overrides["CLB"], "cell": 6}},
-                  defense_overrides=_merged(PROFILES["smoke"].defense_overrides, _budgets(64))),
+                                    "CLB": {**PROFILES["smoke"].attack_overrides["CLB"], "cell": 6}}),
     # the user's ImageNet folder (the data root: train/<class>/*.JPEG, val/<class>/*.JPEG) at 224x224 with
     # ResNet-50.  The data stay resident as uint8, as for CIFAR-10, and all of ImageNet-1k would take 193 GB:
     # the recipe reads the first 100 images of each class (100k, 15 GB; val: its 50 per class), reserves 10 per
@@ -189,7 +186,7 @@ IMAGENET = {
     "gpu": dict(training=dict(dataset="image_folder", dataset_kwargs=dict(size=224, per_class=100), model="resnet50",
                               width=1.0, epochs=40, batch_size=256, lr=0.1, momentum=0.9, schedule="cosine",
                               warmup_epochs=2, weight_decay=1e-4, bf16=True, reserve_fraction=0.1),
-                clean_per_class=10, defense_overrides=_budgets(224),
+                clean_per_class=10,
                 description="the user's ImageNet folder, first 100 images per class, ResNet-50 at 224x224, "
                             "40 epochs (GPU; not yet run)"),
 }
@@ -234,7 +231,12 @@ def training_settings(profile: Profile, attack: str) -> dict:
 
 
 def defense_overrides(profile: Profile, defense: str) -> dict:
-    return {**profile.defense_overrides.get("*", {}), **profile.defense_overrides.get(defense, {})}
+    """What the profile changes of ``defense``'s settings; at another image size than 32x32 (an ImageNet recipe)
+    the perturbation budgets scaled to it too (here, when a defense is made: their defaults import torch, and a
+    request is checked without it)."""
+    overrides = {**profile.defense_overrides.get("*", {}), **profile.defense_overrides.get(defense, {})}
+    size = image_size(profile)
+    return {**overrides, **_budgets(size).get(defense, {})} if size != 32 else overrides
 
 
 TRAINING_IMAGES = {"cifar10": 50_000, "synthetic": 5_000}  # the training split's size (synthetic: its default)

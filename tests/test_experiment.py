@@ -150,11 +150,18 @@ def test_workers_auto_is_one_per_core_where_the_profile_fixes_the_threads(monkey
     from purilib import experiment
     from purilib.spec import RunSpec
     monkeypatch.setattr(experiment, "cpu_cores", lambda: 2)
+    monkeypatch.delenv("PURILIB_WORKERS")  # the suite's cap (conftest.py)
     smoke, one_row = RunSpec.build("nft-table1", "smoke"), RunSpec.build("nft-table1", "smoke", attacks=["BadNets"])
     assert experiment.resolve_workers(smoke, "cpu") == 2  # 15 models, one thread each, two cores
     assert experiment.resolve_workers(one_row, "cpu") == 1
     assert experiment.resolve_workers(RunSpec.build("nft-table1", "cpu"), "cpu") == 1  # the cpu profile fixes none
     assert experiment.resolve_workers(smoke, "cuda") == 1
     assert experiment.resolve_workers(RunSpec.build("nft-table1", "cpu", workers=3), "cpu") == 3
+    monkeypatch.setenv("PURILIB_WORKERS", "1")  # a cap on "auto" only
+    assert experiment.resolve_workers(smoke, "cpu") == 1
+    assert experiment.resolve_workers(RunSpec.build("nft-table1", "cpu", workers=3), "cpu") == 3
+    monkeypatch.setenv("PURILIB_WORKERS", "two")
+    with pytest.raises(ValueError, match="PURILIB_WORKERS must be a positive integer"):
+        experiment.resolve_workers(smoke, "cpu")
     with pytest.raises(ValueError, match="workers"):
         RunSpec.build("nft-table1", "cpu", workers=0)

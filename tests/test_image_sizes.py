@@ -101,7 +101,7 @@ def test_the_imagenet_recipes_scale_the_defenses_perturbation_budgets_with_the_i
     from purilib.profiles import defense_overrides
     gpu, smoke = resolve("gpu", "ImageNet"), resolve("smoke", "ImageNet")
     assert defense_overrides(gpu, "AWM")["trigger_norm"] == 1000 * 49 and defense_overrides(gpu, "I-BAU")["norm_bound"] == 70
-    assert defense_overrides(smoke, "I-BAU") == {"steps": 5, "batch_size": 32, "rounds": 2, "K": 2,
+    assert defense_overrides(smoke, "I-BAU") == {"steps": 4, "batch_size": 32, "rounds": 2, "K": 2,
                                                  "norm_bound": 20.0}
 
 

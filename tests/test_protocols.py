@@ -111,7 +111,7 @@ def test_nft_records_its_checkpoints_at_the_released_cadence(smoke_runs, tmp_pat
     from purilib.defenses import create_defense
     _, table1, _ = smoke_runs
     nft = table1[table1.defense == "NFT"].iloc[0]
-    steps = get_profile("smoke").defense_overrides["*"]["steps"]  # smoke runs 10 steps: no checkpoint
+    steps = get_profile("smoke").defense_overrides["*"]["steps"]  # smoke runs 5 steps: no checkpoint
     assert create_defense("NFT").checkpoint_every == 200 and steps < 200
     assert "checkpoints" not in nft["defense_stats"]
     # at 400 steps (few images, so quickly), two checkpoints, and they leave the run as it was

@@ -22,7 +22,7 @@ def test_smoke_table_end_to_end():
     results folder (conftest.py), where nbval's run of the same notebook then finds every cell done; the
     backdoored models come from the session's cache, where the per-attack tests left them."""
     results = Path(os.environ["PURILIB_RESULTS_DIR"])
-    run = reproduce("nft-table1", "--profile", "smoke", results=results)
+    run = reproduce("nft-table1", "--profile", "smoke", results=results, env_extra={"PURILIB_WORKERS": ""})  # "auto": 2
     assert run.returncode == 0, run.stderr[-3000:]
     out = results / "nft-table1" / "smoke"
     table = pd.read_csv(out / "table.csv")
@@ -46,6 +46,17 @@ def test_smoke_table_end_to_end():
 def test_list_names_tables_and_profiles(tmp_path):
     run = reproduce("--list", results=tmp_path)
     assert run.returncode == 0 and "nft-table1" in run.stdout and "cpu" in run.stdout
+
+
+def test_the_list_and_a_refused_request_answer_without_importing_torch():
+    """Importing torch takes seconds: the list and the one-line refusals of bad names come before it."""
+    code = ("import sys\nfrom purilib.cli import main\n"
+            "assert main(['list']) == 0 and main(['run', 'nft-table1', '--attacks', 'BadNet']) == 2\n"
+            "assert main(['run', 'nft-table1-imagenet', '--profile', 'gpu', '--seeds', '0']) == 2\n"
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip().endswith("[]"), run.stdout[-500:] + run.stderr[-2000:]
+    assert "did you mean 'BadNets'" in run.stderr and "seeds must be a positive integer" in run.stderr
 
 
 def _tiny_tarball(path, truncate=False):
