@@ -65,7 +65,7 @@ PROFILES = {
     "smoke": Profile(
         name="smoke",
         # sized so that the default run (NFT Table 1's 15 x 8 grid, 15 models trained from scratch) takes
-        # about 3 minutes on two CPU cores: ~6 s per model, ~0.5 s per defense.  250 test images (~225
+        # about 5 minutes on two CPU cores: ~22 s per model, 0.3-1.9 s per defense.  250 test images (~225
         # triggered ones): each cell evaluates its model on both, and at 500 that was 40% of a cell's time
         training=dict(dataset="synthetic", dataset_kwargs=dict(num_train=2000, num_test=250),
                       model="preact_resnet18", width=0.125, epochs=5, batch_size=32, lr=0.05,
@@ -103,7 +103,7 @@ PROFILES = {
                           "LIRA": dict(generator_width=4, lr_generator=1e-3, generator_batch_fraction=0.25, eps=0.03),
                           "FBA": dict(generator_width=8, res_blocks=1, style_steps=100, style_batch_size=32,
                                       detox_images=64, detox_epochs=2)},
-        description="synthetic data, tiny network: checks that everything runs (about 3 minutes for NFT Table 1)"),
+        description="synthetic data, tiny network: checks that everything runs (about 5 minutes for NFT Table 1)"),
     "cpu": Profile(
         name="cpu",
         training=dict(dataset="cifar10", model="preact_resnet18", width=0.25, epochs=12, batch_size=128,

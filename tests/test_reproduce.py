@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def reproduce(*args, results, env_extra=None):
     env = {**os.environ, "PURILIB_PYTHON": sys.executable, "PURILIB_RESULTS_DIR": str(results), **(env_extra or {})}
-    return subprocess.run([str(ROOT / "reproduce.sh"), *args], capture_output=True, text=True, env=env, timeout=3600)  # alone (no models cached) the grid takes ~27 min on 2 cores
+    return subprocess.run([str(ROOT / "reproduce.sh"), *args], capture_output=True, text=True, env=env, timeout=3600)  # alone (no models cached) the grid takes ~5 min on 2 cores
 
 
 def test_smoke_table_end_to_end():
