@@ -6,7 +6,8 @@
 # measured with 4 to 7 processes).
 #
 #   here, once:    echo /.gpu-data/ >> .git/info/exclude; mkdir -p .gpu-data; cp ../shared/data/cifar10-jpeg.tar.gz .gpu-data/
-#   rehearse:      OUT=/tmp/out PURILIB_DATA_ROOT=$PWD/.gpu-data PROFILE=smoke PROCESSES=2 bash benchmarks/gpu_session.sh 150 cpu
+#   rehearse:      OUT=/tmp/out PURILIB_PYTHON=.venv/bin/python PURILIB_DATA_ROOT=$PWD/.gpu-data PROFILE=smoke PROCESSES=2 \
+#                    bash benchmarks/gpu_session.sh 150 cpu   (PURILIB_PYTHON: an interpreter with purilib's dependencies)
 #   on the device: OUT=$OUT PURILIB_DATA_ROOT=$PWD/.gpu-data bash benchmarks/gpu_session.sh 540   (carry .gpu-data)
 #   back here:     .venv/bin/python -m purilib.campaign unpack <files>/records.tar.gz   (renders every touched table)
 #   a 2nd command: STATE=/tmp/purilib-gpu-state on both; the second, called while the machine is still warm (30 s),
