@@ -150,7 +150,7 @@ def test_workers_auto_is_one_per_core_where_the_profile_fixes_the_threads(monkey
     from purilib import experiment
     from purilib.spec import RunSpec
     monkeypatch.setattr(experiment, "cpu_cores", lambda: 2)
-    monkeypatch.delenv("PURILIB_WORKERS")  # the suite's cap (conftest.py)
+    monkeypatch.delenv("PURILIB_WORKERS", raising=False)  # the suite's cap (conftest.py)
     smoke, one_row = RunSpec.build("nft-table1", "smoke"), RunSpec.build("nft-table1", "smoke", attacks=["BadNets"])
     assert experiment.resolve_workers(smoke, "cpu") == 2  # 15 models, one thread each, two cores
     assert experiment.resolve_workers(one_row, "cpu") == 1
