@@ -3,8 +3,9 @@ from .preact_resnet import PreActResNet18
 from .vgg import VGG16BN
 
 
-# the torchvision-based networks are imported when one is made: importing torchvision.models costs ~2 s
-# (it imports torch._dynamo), in every process that starts, most of which never build one
+# the torchvision-based networks are imported when one is made: importing torchvision.models imports
+# torch._dynamo (~2 s), which a process that lists, checks or renders never needs (one that trains or
+# purifies imports it anyway, with its first torch.optim optimizer)
 def _resnet18(**kwargs):
     from .resnet import ResNet18
     return ResNet18(**kwargs)
