@@ -94,7 +94,7 @@ PROFILES = {
                           "Blend": dict(alpha=0.3),
                           "SIG": dict(delta=40.0),
                           "WaNet": dict(s=8.0, poison_rate=0.3, cross_ratio=0.0),
-                          "BPPA": dict(squeeze_num=6, poison_rate=0.3, neg_ratio=0.0),
+                          "BPPA": dict(squeeze_num=6, poison_rate=0.2, neg_ratio=0.0),
                           "TrojanNN": dict(trigger_steps=50, size=8, border=0, poison_rate=0.2),
                           "CLB": dict(pgd_steps=5, pgd_step=2.0, cell=3),
                           "ISSBA": dict(encoder_steps=30, width=8, batch_size=32),

@@ -9,9 +9,9 @@ from purilib.models import create_model
 from purilib.profiles import get_profile, training_settings
 from purilib.training import train_backdoored_model
 
-# The paper's trigger (32 levels, dithered) with contrastive negatives does not learn in 10
-# smoke epochs at 10% poison (measured ASR 3-18%).  The smoke model therefore uses 8 levels,
-# 30% poison and no negatives: it checks the training plumbing; the negatives are tested below.
+# The paper's trigger (32 levels, dithered) with contrastive negatives was not learned by an earlier,
+# 10-epoch smoke recipe at 10% poison (ASR 3-18%).  The smoke model therefore uses 6 levels, 20% poison
+# and no negatives: it checks the training plumbing; the negatives are tested below.
 SMOKE_KWARGS = get_profile("smoke").attack_overrides.get("BPPA", {})  # the smoke profile's settings
 
 
@@ -103,7 +103,8 @@ def test_all_to_all_labels_and_bad_settings():
 
 
 def test_a_smoke_model_learns_the_backdoor():
-    # measured (smoke profile, SMOKE_KWARGS): ACC 91.4, ASR 100; a clean model's ASR is ~3
+    # seeds 0-2: results/attacks/smoke_calibration.md.  Chance is 10: ACC >= 50 says it still classifies
+    # (a learned squeeze costs clean accuracy on the smoke data)
     settings = {**training_settings(get_profile("smoke"), "BPPA"), "attack_kwargs": SMOKE_KWARGS}
     _, manifest = train_backdoored_model(attack="BPPA", device="cpu", **settings)
-    assert manifest["asr"] >= 40 and manifest["acc"] >= 60
+    assert manifest["asr"] >= 40 and manifest["acc"] >= 50

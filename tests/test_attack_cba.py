@@ -89,7 +89,8 @@ def test_bad_settings_are_refused(kwargs, message):
 
 
 def test_a_smoke_model_learns_the_backdoor():
-    # measured (smoke profile): ACC 90.4, ASR 69.5
+    # seeds 0-2: results/attacks/smoke_calibration.md.  Chance is 10: ACC >= 50 says it still classifies (its
+    # ACC varies by 10 points from seed to seed)
     settings = {**training_settings(get_profile("smoke"), "CBA"), "attack_kwargs": SMOKE_KWARGS}
     _, manifest = train_backdoored_model(attack="CBA", device="cpu", **settings)
-    assert manifest["asr"] >= 35 and manifest["acc"] >= 60
+    assert manifest["asr"] >= 35 and manifest["acc"] >= 50

@@ -77,8 +77,8 @@ def test_state_round_trip_and_mismatch(poisoned):
 
 
 def test_smoke_backdoor_is_learned():
-    # measured with one thread (the smoke profile's), seeds 0 / 1 / 2: ACC 55.6 / 68.4 / 67.2, ASR 100 each;
-    # chance is 10: ACC >= 50 says it still classifies (the poisoned target class costs clean accuracy)
+    # seeds 0-2: results/attacks/smoke_calibration.md.  Chance is 10: ACC >= 50 says it still classifies
+    # (the poisoned target class costs clean accuracy)
     settings = {**training_settings(get_profile("smoke"), "CLB"), "attack_kwargs": SMOKE_KWARGS}
     _, manifest = train_backdoored_model(attack="CLB", device="cpu", **settings)
     assert manifest["asr"] >= 40 and manifest["acc"] >= 50

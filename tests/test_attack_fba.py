@@ -1,6 +1,6 @@
 """FBA (DFST): the procedural sunrise style, the learned input-dependent style trigger, poisoning with
-detoxicants that keep their labels, and a smoke model that learns the backdoor (measured ASR 82%, ACC 93%;
-asserted ASR >= 60)."""
+detoxicants that keep their labels, and a smoke model that learns the backdoor (seeds 0-2:
+results/attacks/smoke_calibration.md)."""
 import pytest
 import torch
 
@@ -50,7 +50,7 @@ def test_sunrise_style_is_warm_and_depends_on_the_image():
 
 def test_smoke_model_learns_the_backdoor_and_was_detoxified(smoke):
     _, manifest, _, attack = smoke
-    assert manifest["asr"] >= 40  # chance is ~10; measured 82 and 86
+    assert manifest["asr"] >= 40  # chance is ~10
     assert attack.detox_rounds == manifest["config"]["epochs"] - 1  # one per epoch after the first
     assert not torch.equal(attack.injector.mixing, torch.cat([torch.eye(3), torch.zeros(9, 3)]))
 

@@ -1,8 +1,8 @@
 """LIRA: a bounded, uint8-exact, input-dependent perturbation; the two training stages; label mapping; and a
 smoke model that learns the backdoor.
 
-The smoke model learns the paper's eps = 0.01 (3 grey levels) only partly in 10 epochs (measured ASR 55%,
-ACC 58%), so the smoke settings use eps = 0.03 (8 grey levels): measured ASR 78%, ACC 62%, asserted ASR >= 50.
+An earlier, 10-epoch smoke recipe learned the paper's eps = 0.01 (3 grey levels) only partly (ASR 55%,
+ACC 58%), so the smoke settings use eps = 0.03 (8 grey levels); seeds 0-2: results/attacks/smoke_calibration.md.
 (ACC suffers on smoke because half of every batch is triggered, the paper's alpha = 0.5.)"""
 import pytest
 import torch
@@ -26,7 +26,7 @@ def smoke():
 
 def test_smoke_model_learns_the_backdoor(smoke):
     _, manifest, _, _ = smoke
-    assert manifest["asr"] >= 35  # chance is ~10; measured 74 and 78
+    assert manifest["asr"] >= 35  # chance is ~10
 
 
 def test_learned_trigger_is_bounded_survives_rounding_and_depends_on_the_image(smoke):

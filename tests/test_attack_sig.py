@@ -50,8 +50,8 @@ def test_test_images_of_other_classes_get_the_target_label_and_all_to_all_is_ref
 
 
 def test_a_smoke_model_learns_the_backdoor():
-    # measured (smoke profile): ACC 85.4 / ASR 86.4 on one machine, ASR 59.8 in a clean CI run (the tiny
-    # model's result depends on the thread count); a clean model's ASR on this data is ~3
+    # a clean model's ASR on this data is ~3; seeds 0-2: results/attacks/smoke_calibration.md (the tiny
+    # model's result depends on the thread count too).  Chance is 10: ACC >= 50 says it still classifies
     settings = {**training_settings(get_profile("smoke"), "SIG"), "attack_kwargs": SMOKE_KWARGS}
     _, manifest = train_backdoored_model(attack="SIG", device="cpu", **settings)
-    assert manifest["asr"] >= 30 and manifest["acc"] >= 60
+    assert manifest["asr"] >= 30 and manifest["acc"] >= 50
