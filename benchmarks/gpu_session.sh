@@ -7,12 +7,14 @@
 #
 #   here, once:    echo /.gpu-data/ >> .git/info/exclude; mkdir -p .gpu-data; cp ../shared/data/cifar10-jpeg.tar.gz .gpu-data/
 #   rehearse:      OUT=/tmp/out PURILIB_PYTHON=.venv/bin/python PURILIB_DATA_ROOT=$PWD/.gpu-data PROFILE=smoke PROCESSES=2 \
-#                    bash benchmarks/gpu_session.sh 150 cpu   (PURILIB_PYTHON: an interpreter with purilib's dependencies)
+#                    bash benchmarks/gpu_session.sh 150 cpu   (PURILIB_PYTHON: an interpreter with purilib's dependencies;
+#                    with STATE, PURILIB_RESULTS_DIR=/tmp/rehearsal-results too: a 2nd command unpacks the 1st's records there)
 #   on the device: OUT=$OUT PURILIB_DATA_ROOT=$PWD/.gpu-data bash benchmarks/gpu_session.sh 540   (carry .gpu-data)
 #   back here:     .venv/bin/python -m purilib.campaign unpack <files>/records.tar.gz   (renders every touched table)
 #   a 2nd command: STATE=/tmp/purilib-gpu-state on both; the second, called while the machine is still warm (30 s),
 #                  takes the first's records as done (unpacked into the device's results/) and its trained models
-#                  from the same cache, and goes on down the queue with the session's device time left
+#                  from the same cache (units on them planned without a model job: `campaign plan --budget 540,210`),
+#                  and goes on down the queue with the session's device time left
 #
 # $OUT gets at most 8 plain files (what the device tool brings back): gpu.txt, session.log, campaign.json,
 # records.tar.gz (rewritten after every job: a command killed at its limit still brings back each finished

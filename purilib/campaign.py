@@ -12,7 +12,8 @@ model is in the cache.  No process waits on another's lock: while models train, 
 1. skips every unit whose records are already in the results folder (committed, made with the
    unit's training recipe, defense settings and clean data: ``run_table(from_records=True)``);
 2. admits, in queue order, each other unit that, by the queue's estimates, ends within the budget with
-   everything admitted before it (:class:`Schedule`: the rule played forward, again whenever a job ends);
+   everything admitted before it (:class:`Schedule`: the rule played forward, again whenever a job ends;
+   a unit whose models the cache holds already, from an earlier command on this machine, has no model job);
    starts the admitted jobs, at most N processes at once; kills what still runs at the budget;
 3. after each job, packs every record made so far (and the models' manifests) into
    ``DIR/records.tar.gz``, so a command killed at its limit still brings back every finished cell;
@@ -21,8 +22,9 @@ model is in the cache.  No process waits on another's lock: while models train, 
 ``python -m purilib.campaign unpack DIR/records.tar.gz``, back here: the records into ``results/``, each
 touched table rendered from its records (``./reproduce.sh TABLE --from-records``, papermill), the results
 index refreshed.  ``python -m purilib.campaign list``: the queue, each unit done or not, the estimate of
-what is left; ``plan [--select t1-gpu-] [--processes N]``: what the runner would do with the units left if
-every job took its estimate (the same :class:`Schedule`); ``estimates DIR/campaign.json``: each job of a run,
+what is left; ``plan [--select t1-gpu-] [--processes N] [--budget 540,210]``: what the runner would do with
+the units left if every job took its estimate (the same :class:`Schedule`; a session's commands on one machine
+share its cache, ``cached_models``); ``estimates DIR/campaign.json``: each job of a run,
 its seconds beside its estimate (to correct the queue's).  ``--profile smoke --device cpu`` runs the same
 logic on this machine (the rehearsal the tests run).  ``run --compile-from PROBE``: the loops a probe on the
 same machine measured faster and equal (``accepted_compiles``) run compiled, their columns estimated faster.
@@ -142,6 +144,31 @@ def models_of(unit) -> tuple:
                  for network in spec.networks for seed in range(spec.seeds) for attack in spec.attacks)
 
 
+def cached_models(units, cache_dir=None) -> set:
+    """The models of ``units`` (``Unit.models``) that the cache holds trained: on a GPU, those an earlier command
+    of the session trained on this machine (``gpu_session.sh``'s STATE).  Matched by recipe (attack, seed,
+    training settings, snapshots, training format) against the cache's manifests, not by the data's checksum:
+    in a cache that also holds models of other data, a unit may find its model missing after all, and its
+    groups train it (the same records, later than the schedule planned)."""
+    from .training import DEFAULT_TRAINING, TRAINING_FORMAT
+    kept = []
+    for path in Path(settings.cache_dir(cache_dir)).glob("models/*/manifest.json"):
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # one being written: not trained yet
+        if manifest.get("config", {}).get("format") == TRAINING_FORMAT:
+            kept.append((manifest["config"], manifest.get("snapshot_every")))
+    found = set()
+    for model in {m for unit in units for m in unit.models}:
+        attack, seed, training, snapshots = json.loads(model)
+        wanted = json.loads(json.dumps({**DEFAULT_TRAINING, **training, "attack": attack, "seed": seed}, default=str))
+        if any(all(config.get(k) == v for k, v in wanted.items()) and snapshots in (None, every)
+               for config, every in kept):
+            found.add(model)
+    return found
+
+
 def _folder(model):
     return json.dumps(json.loads(model)[:3], sort_keys=True)  # the cache folder: snapshots or not, one model
 
@@ -191,11 +218,12 @@ class Schedule:
     model's (unless an admitted unit trains the same models) and its groups'.  Re-admitting as jobs end lets a
     unit in when the others turn out faster than their estimates."""
 
-    def __init__(self, units, budget, processes):
+    def __init__(self, units, budget, processes, trained=()):
         self.units, self.budget, self.processes = list(units), budget, processes
         self.order = {unit.id: i for i, unit in enumerate(self.units)}
         self.admitted, self.waiting = [], []  # units admitted; their jobs not yet started, in queue order
-        self.training, self.ready = set(), set()  # models a job of this command trains; those trained
+        # models a job of this command trains, or ``trained`` (in the cache already: no job); those trained
+        self.training, self.ready = set(trained), set(trained)
 
     def admit(self, now, running=()) -> list:
         """Admit, in queue order, each unit that fits; ``running``: (started at, job) pairs.  Returns the units
@@ -237,11 +265,18 @@ class Schedule:
 
 
 def plan_commands(units, budget=540.0, processes=8) -> tuple:
-    """What the runner would do with ``units`` if every job took its estimate: the units each command of
-    ``budget`` seconds would finish, in order, and the units no command finishes (over the budget alone)."""
-    commands, pending = [], list(units)
+    """What the runner would do with ``units`` if every job took its estimate: the units each command would
+    finish, in order, and the units no command finishes (over the budget alone).  ``budget``: the seconds of a
+    command, or of each command of one session on one machine (e.g. ``(540, 210)``), whose later commands find
+    the models the earlier ones trained in its cache (``cached_models``); the session repeats on a fresh machine,
+    and a command that fits nothing is listed empty."""
+    budgets = (budget,) if isinstance(budget, (int, float)) else tuple(budget)
+    commands, pending, trained = [], list(units), set()
     while pending:
-        schedule, running, now = Schedule(pending, budget, processes), [], 0.0
+        first = len(commands) % len(budgets) == 0
+        if first:
+            trained = set()  # a fresh machine: an empty cache
+        schedule, running, now = Schedule(pending, budgets[len(commands) % len(budgets)], processes, trained), [], 0.0
         schedule.admit(now)
         while True:
             running += [(now + job_seconds(job), job) for job in schedule.start(processes - len(running))]
@@ -253,10 +288,13 @@ def plan_commands(units, budget=540.0, processes=8) -> tuple:
                 schedule.trained(unit, True)
             schedule.admit(now, [(end - job_seconds(job), job) for end, job in running])
         done = [u.id for u in schedule.admitted]
-        if not done:
-            break
+        if not done and first:
+            break  # a fresh machine's whole command fits none of them: no session will
         commands.append(done)
+        trained |= schedule.ready
         pending = [u for u in pending if u.id not in done]
+    while commands and not commands[-1]:
+        commands.pop()
     return commands, [u.id for u in pending]
 
 
@@ -344,12 +382,22 @@ def _raise_interrupt(signum, frame):
 FAIL_FAST = 3  # groups in a row that fail within a minute of starting: the runner starts no more
 
 
-def missing_packages(unit) -> list:
-    """Packages the unit's measurements import that this machine lacks (a GPU machine has no registry)."""
+def why_not_here(unit) -> str:
+    """Why this machine cannot run ``unit`` ("" where it can): its measurements import a package this machine
+    lacks (a GPU machine has no registry), or it asks for more clean images per class than its profile reserves
+    (AWM Table 1's 50 and 100 on the smoke rehearsal, which reserves 10)."""
     import importlib.util
+    from .spec import RunSpec
     from .tables import get_table
     needs = ["sklearn"] if "features" in get_table(unit.table).measures else []  # the t-SNE of the figures
-    return [name for name in needs if importlib.util.find_spec(name) is None]
+    missing = [name for name in needs if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"needs {', '.join(missing)}, missing here"
+    try:  # the request as its groups will make it, refused (or not) where every request is
+        RunSpec.build(unit.table, unit.profile, log=lambda *_: None, **_run_kwargs(unit, unit.defenses))
+    except ValueError as error:
+        return str(error)
+    return ""
 
 
 def run(units, out, budget=540.0, processes=8, device="auto", data_root=None, cache_dir=None, results=None,
@@ -360,13 +408,17 @@ def run(units, out, budget=540.0, processes=8, device="auto", data_root=None, ca
     work = Path(tempfile.mkdtemp(prefix="purilib-campaign-"))  # not under ``out``: only its few files come back
     out.mkdir(parents=True, exist_ok=True)
     done_before = [u.id for u in units if is_done(u, results)]
-    unable = {u.id: missing_packages(u) for u in units if u.id not in done_before and missing_packages(u)}
+    unable = {u.id: why for u in units if u.id not in done_before and (why := why_not_here(u))}
     pending = [u for u in units if u.id not in done_before and u.id not in unable]
-    for unit_id, names in unable.items():
-        log(f"[0 s] {unit_id} left: needs {', '.join(names)}, missing here")
+    for unit_id, why in unable.items():
+        log(f"[0 s] {unit_id} left: {why}")
     log(f"[{time.time() - start:.0f} s] {len(done_before)} units already recorded, {len(pending)} to do; budget "
         f"{budget:.0f} s, {processes} processes")
-    schedule, running, results_of = Schedule(pending, budget, processes), {}, {u.id: [] for u in pending}
+    cached = cached_models(pending, cache_dir)
+    if cached:
+        log(f"[{time.time() - start:.0f} s] {len(cached)} of their models are in the cache already (an earlier command "
+            "on this machine): the units on them train nothing")
+    schedule, running, results_of = Schedule(pending, budget, processes, cached), {}, {u.id: [] for u in pending}
     env = {**os.environ, "PURILIB_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
     if cache_dir:
         env["PURILIB_CACHE_DIR"] = str(cache_dir)
@@ -449,7 +501,7 @@ def run(units, out, budget=540.0, processes=8, device="auto", data_root=None, ca
     seconds = round(time.time() - start, 1)
     cells = len(list(work.glob("*/*/records/*.json")))
     summary = {"seconds": seconds, "budget": budget, "processes": processes, "already_recorded": done_before,
-               "finished": finished, "partial": partial, "left": left, "missing_packages": unable, "cells": cells,
+               "finished": finished, "partial": partial, "left": left, "not_here": unable, "cells": cells,
                "cells_per_minute": round(cells / max(seconds, 1e-9) * 60, 2),
                "groups": {k: v for k, v in results_of.items() if v}}
     pack(work, cache_dir, out / "records.tar.gz")
@@ -625,7 +677,8 @@ def _main(argv=None):
     planning.add_argument("--queue", default=None)
     planning.add_argument("--results", default=None)
     planning.add_argument("--select", default="", help="only the units whose id starts so (e.g. t1-gpu-)")
-    planning.add_argument("--budget", type=float, default=540.0)
+    planning.add_argument("--budget", default="540", help="seconds of a command, or of each command of one session "
+                          "on one machine, comma-separated (540,210: the later finds the models the earlier trained)")
     planning.add_argument("--processes", type=int, default=8)
     measured = sub.add_parser("estimates", help="a run's jobs (its campaign.json): seconds beside the estimates")
     measured.add_argument("summary")
@@ -657,18 +710,26 @@ def _main(argv=None):
                   f"{sum(r['estimate_s'] for r in done):.0f} s estimated")
         return 0
     if args.command == "plan":
+        try:
+            budgets = tuple(float(b) for b in args.budget.split(","))
+        except ValueError:
+            raise SystemExit(f"--budget: seconds, comma-separated (e.g. 540,210), not {args.budget!r}") from None
         units = [u for u in load_queue(args.queue) if u.id.startswith(args.select) and not is_done(u, args.results)]
-        commands, never = plan_commands(units, args.budget, args.processes)
+        commands, never = plan_commands(units, budgets, args.processes)
         by_id = {u.id: u for u in units}
-        for i, ids in enumerate(commands, 1):
-            trained, models = set(), 0  # a unit whose models another of the command trains trains none
+        for i, ids in enumerate(commands):
+            if i % len(budgets) == 0:
+                trained = set()  # a fresh machine; a unit whose models another trained (before, or in this command) trains none
+            models = 0
             for unit_id in ids:
                 models += not trained.issuperset(by_id[unit_id].models)
                 trained |= set(by_id[unit_id].models)
-            print(f"command {i} ({models} model jobs): {', '.join(ids)}")
+            machine = f"machine {i // len(budgets) + 1}, {budgets[i % len(budgets)]:.0f} s, " if len(budgets) > 1 else ""
+            print(f"command {i + 1} ({machine}{models} model jobs): {', '.join(ids) or 'nothing fits'}")
+        sizes = " + ".join(f"{b:.0f}" for b in budgets)
         print(f"{len(units)} units left{f' starting {args.select!r}' if args.select else ''}: {len(commands)} "
-              f"commands of {args.budget:.0f} s at {args.processes} processes, by the estimates"
-              + (f"; never finished (over the budget): {', '.join(never)}" if never else ""))
+              f"commands of {sizes} s{' per machine' if len(budgets) > 1 else ''} at {args.processes} processes, "
+              "by the estimates" + (f"; never finished (over the budget): {', '.join(never)}" if never else ""))
         return 0
     speedups = {}
     if getattr(args, "compile_from", None):

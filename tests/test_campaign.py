@@ -57,6 +57,12 @@ def test_the_committed_queue_names_only_rows_and_columns_its_tables_have():
     assert models["t1-gpu-BadNets"] == models["defenses-gpu-BadNets"] == models["fip-table6-gpu-BadNets"]
     assert models["t1-gpu-BadNets"] != models["t1-gpu-Blend"] and models["t1-gpu-BadNets"] != models["t1-paper-BadNets"]
     assert models["fip-figure1-gpu-BadNets"] != models["t1-gpu-BadNets"]
+    # every unit is a request its profile accepts (a GPU minute is never spent on a refusal); on the smoke
+    # rehearsal, AWM Table 1's 50 and 100 clean images per class are left, with the reason
+    assert [u.id for u in units if campaign.why_not_here(u) not in ("", "needs sklearn, missing here")] == []
+    smoke = {u.id: campaign.why_not_here(u) for u in campaign.load_queue(profile="smoke")}
+    assert "the smoke profile reserves 10 clean images per class" in smoke["awm-gpu-vgg16_bn-Blend-100"]
+    assert smoke["awm-gpu-vgg16_bn-Blend-10"] in ("", "needs sklearn, missing here")
 
 
 def test_a_bad_queue_is_refused_in_one_line(tmp_path, capsys):
@@ -116,6 +122,14 @@ def test_the_runner_skips_what_is_recorded_stops_at_the_budget_and_brings_back_r
     again = campaign.run(units, tmp_path / "out2", budget=300, processes=2, device="cpu", results=results,
                          log=lines.append)
     assert again["already_recorded"] == ["t1-BadNets", "study-resnet18", "defenses-BadNets"] and again["cells"] == 0
+    # the models those runs trained are in the cache: a later command on this machine trains none of them, so a
+    # unit on one fits a budget its model's estimate alone would exceed (too-long's Blend model was never trained)
+    assert campaign.cached_models(units) == set(units[0].models) | set(units[2].models)
+    cached = campaign.Unit(**{**units[0].__dict__, "id": "t1-cached", "groups": (("No defense",),), "model_s": 100000})
+    reuse = campaign.run([cached], tmp_path / "out-cached", budget=120, processes=1, device="cpu",
+                         results=tmp_path / "other-results", log=lines.append)
+    assert reuse["finished"] == ["t1-cached"] and [g for g, _, _ in reuse["groups"]["t1-cached"]] == [0]
+    assert any("1 of their models are in the cache already" in line for line in lines)
     # a row is one model: records of the same row from other weights (trained again elsewhere) replace it
     # whole, the earlier cells set aside instead of mixed into the row
     folder = results / "nft-table1" / "smoke" / "records"
@@ -198,6 +212,13 @@ def test_the_plan_follows_the_runners_rule_for_what_to_start():
     # a model with snapshots and the same one without share a cache folder: never in one command
     plain, history = unit("plain", "P"), unit("history", "P", snapshots=2)
     assert campaign.plan_commands([plain, history], budget=1000, processes=4) == ([["plain"], ["history"]], [])
+    # the commands of one session on one machine: a later one finds the models the earlier trained in its cache
+    # (shared fits the second command's 100 s only so); the next session starts on a fresh machine
+    assert campaign.plan_commands([a, shared, own], budget=(150, 100), processes=1) == ([["a"], ["shared"], ["own"]], [])
+    assert campaign.plan_commands([a, own], budget=(150, 100), processes=1) == ([["a"], [], ["own"]], [])
+    assert campaign.plan_commands([a, own], budget=(150, 100, 100), processes=1) == ([["a"], [], [], ["own"]], [])
+    cached = campaign.Schedule([shared], budget=100, processes=1, trained=set(shared.models))
+    assert cached.admit(0) == [] and cached.start(2) == [(shared, 0), (shared, 1)]  # no model job
     schedule = campaign.Schedule([a, shared], budget=250, processes=1)
     assert schedule.admit(0) == [] and schedule.start(1) == [(a, campaign.MODEL)]
     assert schedule.start(1) == []  # a's groups (and shared's) wait for its model
