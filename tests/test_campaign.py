@@ -90,8 +90,11 @@ def test_the_runner_skips_what_is_recorded_stops_at_the_budget_and_brings_back_r
     units = campaign.load_queue(queue, profile="smoke")
     assert {u.profile for u in units} == {"smoke"}
     results, out = tmp_path / "results", tmp_path / "out"
-    lines = []
-    summary = campaign.run(units, out, budget=300, processes=2, device="cpu", results=results, log=lines.append)
+    # a cache of its own: the runner plans by what the cache holds, and the run-wide one's depends on the order
+    # the other tests ran in
+    lines, cache = [], tmp_path / "cache"
+    summary = campaign.run(units, out, budget=300, processes=2, device="cpu", results=results, cache_dir=cache,
+                           log=lines.append)
     assert summary["finished"] == ["t1-BadNets", "study-resnet18", "defenses-BadNets"]
     assert summary["left"] == ["too-long"]
     # the defenses table's BadNets row is the same model as nft-table1's: trained once, by one job
@@ -120,13 +123,13 @@ def test_the_runner_skips_what_is_recorded_stops_at_the_budget_and_brings_back_r
     assert (plan["rows"], plan["columns"], plan["model"]) == (["BadNets"], ["No defense", "FT", "NFT"], None)
     # a second run finds them recorded and runs nothing of them
     again = campaign.run(units, tmp_path / "out2", budget=300, processes=2, device="cpu", results=results,
-                         log=lines.append)
+                         cache_dir=cache, log=lines.append)
     assert again["already_recorded"] == ["t1-BadNets", "study-resnet18", "defenses-BadNets"] and again["cells"] == 0
     # the models those runs trained are in the cache: a later command on this machine trains none of them, so a
     # unit on one fits a budget its model's estimate alone would exceed (too-long's Blend model was never trained)
-    assert campaign.cached_models(units) == set(units[0].models) | set(units[2].models)
+    assert campaign.cached_models(units, cache) == set(units[0].models) | set(units[2].models)
     cached = campaign.Unit(**{**units[0].__dict__, "id": "t1-cached", "groups": (("No defense",),), "model_s": 100000})
-    reuse = campaign.run([cached], tmp_path / "out-cached", budget=120, processes=1, device="cpu",
+    reuse = campaign.run([cached], tmp_path / "out-cached", budget=120, processes=1, device="cpu", cache_dir=cache,
                          results=tmp_path / "other-results", log=lines.append)
     assert reuse["finished"] == ["t1-cached"] and [g for g, _, _ in reuse["groups"]["t1-cached"]] == [0]
     assert any("1 of their models are in the cache already" in line for line in lines)
@@ -151,11 +154,11 @@ def test_the_runner_skips_what_is_recorded_stops_at_the_budget_and_brings_back_r
                   from_records=True, output_dir=results / "nft-table1" / "smoke")
     # a unit still running at the budget is stopped; what it finished would still come back
     stopped = campaign.run([units[1]], tmp_path / "out3", budget=1.0, processes=1, device="cpu", results=results,
-                           log=lines.append)
+                           cache_dir=cache, log=lines.append)
     assert stopped["left"] == ["too-long"]  # its estimate does not fit: never started
     short = [campaign.Unit(**{**units[1].__dict__, "model_s": 0, "group_s": (0,)})]
     stopped = campaign.run(short, tmp_path / "out4", budget=1.0, processes=1, device="cpu", results=results,
-                           log=lines.append)
+                           cache_dir=cache, log=lines.append)
     assert stopped["partial"] == ["too-long"] and stopped["groups"]["too-long"][0][1] == "killed at the budget"
     assert (tmp_path / "out4" / "records.tar.gz").exists()
 
