@@ -9,6 +9,7 @@ data), the rows, columns and seeds, and where the run reads and writes; it is pa
 """
 import dataclasses
 import difflib
+import functools
 from pathlib import Path
 
 from . import settings
@@ -41,16 +42,30 @@ def _positive(value, what):
 
 def check_model(name, table, size):
     """``name`` is a network that takes the table's ``size`` x ``size`` images."""
-    from .models import MODELS, create_model
+    from .models import MODELS
     if name not in MODELS:
         close = difflib.get_close_matches(name, MODELS, n=1)
         raise ValueError(f"unknown model '{name}'" + (f"; did you mean '{close[0]}'?" if close else "")
                          + f" (models: {', '.join(MODELS)})")
-    native = MODELS[name](num_classes=10, width=0.125).input_size
-    if table.dataset == "CIFAR-10" and tuple(native) != (32, 32):
+    native = _native_size(name)
+    if table.dataset == "CIFAR-10" and native != (32, 32):
         raise ValueError(f"model '{name}' takes {native[0]}x{native[1]} images; {table.id}'s data are 32x32 "
                          "(use it on your own data: see the README, 'Purify your own model')")
-    create_model(name, width=0.125, input_size=(size, size))  # vgg16_bn takes 32x32 images only: it says so
+    _builds_at(name, size)  # vgg16_bn takes 32x32 images only: it says so
+
+
+# each builds a small network (a quarter of a second), once per process: a campaign's queue checks 84 units
+@functools.lru_cache(maxsize=None)
+def _native_size(name) -> tuple:
+    from .models import MODELS
+    return tuple(MODELS[name](num_classes=10, width=0.125).input_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _builds_at(name, size) -> bool:
+    from .models import create_model
+    create_model(name, width=0.125, input_size=(size, size))
+    return True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,6 +44,7 @@ table = "defenses"
 profile = "gpu"
 attacks = ["BadNets"]
 groups = [["No defense", "NGF"]]
+model = "resnet18"
 '''
 
 
@@ -84,27 +85,34 @@ def test_a_bad_queue_is_refused_in_one_line(tmp_path, capsys):
         campaign.load_queue(path)
 
 
-def test_the_runner_skips_what_is_recorded_stops_at_the_budget_and_brings_back_records(tmp_path):
+def test_the_runner_skips_what_is_recorded_stops_at_the_budget_and_brings_back_records(tmp_path, smoke_model):
+    import shutil
+
+    from purilib import settings
     queue = tmp_path / "q.toml"
     queue.write_text(QUEUE)
     units = campaign.load_queue(queue, profile="smoke")
     assert {u.profile for u in units} == {"smoke"}
     results, out = tmp_path / "results", tmp_path / "out"
-    # a cache of its own: the runner plans by what the cache holds, and the run-wide one's depends on the order
-    # the other tests ran in
+    # a cache of its own (the runner plans by what the cache holds; the run-wide one's depends on the order the
+    # tests ran in) holding the smoke BadNets model, as an earlier command on the machine would have left it
     lines, cache = [], tmp_path / "cache"
+    key = smoke_model("BadNets")[1]["key"]
+    shutil.copytree(settings.cache_dir() / "models" / key, cache / "models" / key)
     summary = campaign.run(units, out, budget=300, processes=2, device="cpu", results=results, cache_dir=cache,
                            log=lines.append)
     assert summary["finished"] == ["t1-BadNets", "study-resnet18", "defenses-BadNets"]
     assert summary["left"] == ["too-long"]
-    # the defenses table's BadNets row is the same model as nft-table1's: trained once, by one job
+    # t1-BadNets' model is in the cache: no job trains it; the defenses table's row on resnet18 is the same model
+    # as the study's: trained once, by one job
+    assert any("1 of their models are in the cache already" in line for line in lines)
     trainers = [line.split("started ")[1] for line in lines if "started" in line and "its model" in line]
-    assert trainers == ["t1-BadNets its model", "study-resnet18 its model"]
+    assert trainers == ["study-resnet18 its model"]
     # each job's seconds beside its estimate: what a GPU run brings back to correct the queue's
     jobs = campaign.against_estimates(summary, units)
     assert sorted((j["unit"], j["job"]) for j in jobs) == [
         ("defenses-BadNets", "group 1"), ("study-resnet18", "group 1"), ("study-resnet18", "model"),
-        ("t1-BadNets", "group 1"), ("t1-BadNets", "group 2"), ("t1-BadNets", "model")]
+        ("t1-BadNets", "group 1"), ("t1-BadNets", "group 2")]
     assert all(j["exit"] == 0 and j["seconds"] > 0 and j["estimate_s"] > 0 for j in jobs)
     assert summary["cells"] == 7 and json.loads((out / "campaign.json").read_text())["finished"] == summary["finished"]
     with tarfile.open(out / "records.tar.gz") as tar:
@@ -125,14 +133,14 @@ def test_the_runner_skips_what_is_recorded_stops_at_the_budget_and_brings_back_r
     again = campaign.run(units, tmp_path / "out2", budget=300, processes=2, device="cpu", results=results,
                          cache_dir=cache, log=lines.append)
     assert again["already_recorded"] == ["t1-BadNets", "study-resnet18", "defenses-BadNets"] and again["cells"] == 0
-    # the models those runs trained are in the cache: a later command on this machine trains none of them, so a
-    # unit on one fits a budget its model's estimate alone would exceed (too-long's Blend model was never trained)
-    assert campaign.cached_models(units, cache) == set(units[0].models) | set(units[2].models)
-    cached = campaign.Unit(**{**units[0].__dict__, "id": "t1-cached", "groups": (("No defense",),), "model_s": 100000})
+    # the models are in the cache now: a later command on this machine trains none of them, so a unit on one fits
+    # a budget its model's estimate alone would exceed (too-long's Blend model was never trained)
+    assert campaign.cached_models(units, cache) == set(units[0].models) | set(units[2].models) == \
+        set(units[0].models) | set(units[3].models)
+    cached = campaign.Unit(**{**units[2].__dict__, "id": "study-cached", "groups": (("No defense",),), "model_s": 1e5})
     reuse = campaign.run([cached], tmp_path / "out-cached", budget=120, processes=1, device="cpu", cache_dir=cache,
                          results=tmp_path / "other-results", log=lines.append)
-    assert reuse["finished"] == ["t1-cached"] and [g for g, _, _ in reuse["groups"]["t1-cached"]] == [0]
-    assert any("1 of their models are in the cache already" in line for line in lines)
+    assert reuse["finished"] == ["study-cached"] and [g for g, _, _ in reuse["groups"]["study-cached"]] == [0]
     # a row is one model: records of the same row from other weights (trained again elsewhere) replace it
     # whole, the earlier cells set aside instead of mixed into the row
     folder = results / "nft-table1" / "smoke" / "records"
