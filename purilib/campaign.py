@@ -150,7 +150,7 @@ def cached_models(units, cache_dir=None) -> set:
     training settings, snapshots, training format) against the cache's manifests, not by the data's checksum:
     in a cache that also holds models of other data, a unit may find its model missing after all, and its
     groups train it (the same records, later than the schedule planned)."""
-    from .training import DEFAULT_TRAINING, TRAINING_FORMAT
+    from .training import TRAINING_FORMAT, training_config
     kept = []
     for path in Path(settings.cache_dir(cache_dir)).glob("models/*/manifest.json"):
         try:
@@ -162,7 +162,7 @@ def cached_models(units, cache_dir=None) -> set:
     found = set()
     for model in {m for unit in units for m in unit.models}:
         attack, seed, training, snapshots = json.loads(model)
-        wanted = json.loads(json.dumps({**DEFAULT_TRAINING, **training, "attack": attack, "seed": seed}, default=str))
+        wanted = json.loads(json.dumps(training_config(**training, attack=attack, seed=seed), default=str))
         if any(all(config.get(k) == v for k, v in wanted.items()) and snapshots in (None, every)
                for config, every in kept):
             found.add(model)

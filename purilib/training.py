@@ -275,6 +275,17 @@ def fit(model, train, config, device, checkpoint=None, attack=None, desc="train"
     return seconds_before + time.time() - start
 
 
+def training_config(**overrides) -> dict:
+    """The training settings ``overrides`` make (keys of ``DEFAULT_TRAINING``; an unknown key is an error): what
+    a model's cache entry records as its ``config``, short of the attack's and the data's."""
+    unknown = set(overrides) - set(DEFAULT_TRAINING)
+    if unknown:
+        raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(DEFAULT_TRAINING)}")
+    config = {**DEFAULT_TRAINING, **overrides}
+    config["milestones"] = list(config["milestones"])
+    return config
+
+
 def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrain=False, compile="auto",
                            snapshot_every=None, **overrides):
     """Train (or load from cache) a model; return ``(model, manifest)``.
@@ -284,11 +295,7 @@ def train_backdoored_model(device="auto", data_root=None, cache_dir=None, retrai
     the weights at epoch 0 and after every k-th epoch are kept too (``snapshots/epochNNNN.safetensors``
     in the model's cache folder; ``snapshot_paths``); a cached model without them is trained again.
     """
-    unknown = set(overrides) - set(DEFAULT_TRAINING)
-    if unknown:
-        raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(DEFAULT_TRAINING)}")
-    config = {**DEFAULT_TRAINING, **overrides}
-    config["milestones"] = list(config["milestones"])
+    config = training_config(**overrides)
     device = resolve_device(device)
     data = load_training_data(config, data_root, cache_dir, device)
     key_config = {**config, "attack_config": data.attack.config() if data.attack is not None else None,
